@@ -1,0 +1,108 @@
+"""All configuration: environment variables with the CHURN_ prefix, CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Worker settings. Every field is documented in README ("Settings")."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURN_", extra="ignore")
+
+    broker: str = Field(
+        default="kafka://localhost:9092",
+        description="Kafka bootstrap servers, comma separated, each kafka://host:port.",
+    )
+    app_id: str = Field(
+        default="churn-stream",
+        description="Consumer group and faust app id; prefixes the internal topics.",
+    )
+    input_topic: str = Field(default="customer-events", description="Lifecycle events (input).")
+    output_topic: str = Field(default="churn-metrics", description="Metric records (output).")
+    dlq_topic: str = Field(default="customer-events-dlq", description="Dead-lettered input.")
+    dimensions: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma list of attribute names that become segment dimensions.",
+    )
+    inactivity_days: int | None = Field(
+        default=None,
+        gt=0,
+        description="Unset: subscription mode. Set to D: activity mode, inactive after D days.",
+    )
+    grace_seconds: int = Field(
+        default=3600, ge=0, description="A window is final once the watermark passes end+grace."
+    )
+    emit_interval_seconds: float = Field(
+        default=1.0, gt=0, description="Open windows are re-emitted at most this often."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    metrics_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics.")
+    store: Literal["memory://", "rocksdb://"] = Field(
+        default="memory://", description="faust table store: memory:// or rocksdb://."
+    )
+    data_dir: Path = Field(default=Path("data"), description="faust data dir (RocksDB files).")
+    partitions: int = Field(
+        default=4, ge=1, description="Partitions of the internal topics (= input partitions)."
+    )
+    max_segments: int = Field(
+        default=50, ge=1, description="Segment values kept per dimension; the rest is 'other'."
+    )
+    max_future_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description="Events dated further than this past the wall clock are dead-lettered.",
+    )
+    batch_max_records: int = Field(
+        default=5000, ge=1, description="Most input records the ingest stage reads per batch."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; unset for no SASL."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret).")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle; set to enable TLS.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the worker."
+    )
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _split_dimensions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("dimensions")
+    @classmethod
+    def _reserved_dimensions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "all" in value:
+            raise ValueError("'all' is reserved for the dimension that covers every customer")
+        if len(set(value)) != len(value):
+            raise ValueError("dimensions must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("CHURN_SASL_MECHANISM needs CHURN_SASL_USERNAME and _PASSWORD")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port list for aiokafka (without the kafka:// scheme)."""
+        return ",".join(
+            server.strip().removeprefix("kafka://") for server in self.broker.split(",")
+        )
+
+    @property
+    def customer_topic(self) -> str:
+        return f"{self.app_id}-customer-batches"
+
+    @property
+    def delta_topic(self) -> str:
+        return f"{self.app_id}-segment-deltas"
