@@ -85,7 +85,9 @@ def derived_metrics(counts: Counts, window_days: float) -> dict[str, float | Non
     if average_purchase is not None:
         average_purchase /= MICROS_PER_UNIT
     per_customer = ratio(c["purchases"], c["purchasing_customers"])
-    monthly_frequency = None if per_customer is None else per_customer * DAYS_PER_MONTH / window_days
+    monthly_frequency = (
+        None if per_customer is None else per_customer * DAYS_PER_MONTH / window_days
+    )
     lifetime_value = None
     if average_purchase is not None and monthly_frequency is not None and monthly_churn:
         lifetime_value = average_purchase * monthly_frequency / monthly_churn

@@ -14,7 +14,9 @@ from stream.formulas import Counts, derived_metrics, published_counts
 class MetricRecord(BaseModel):
     """Counts and metrics of one window for one segment, as published on the output topic."""
 
-    model_config = ConfigDict(frozen=True, json_schema_extra={"title": "churn-stream metric record"})
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"title": "churn-stream metric record"}
+    )
 
     window: str = Field(description="Window kind: day, week, month, quarter, year, rolling_Nd.")
     window_start: datetime = Field(description="Inclusive start, UTC.")
@@ -77,19 +79,45 @@ def build_record(
     revision: int,
     watermark_ms: int | None,
 ) -> dict[str, object]:
-    """The record as a JSON-ready dict (validated against MetricRecord in the tests)."""
+    """The record of window `k` of `kind` as a JSON-ready dict."""
     start, end = windows.bounds(kind, k)
+    return record_for_bounds(
+        kind.name,
+        start,
+        end,
+        dimension,
+        segment,
+        counts,
+        final=final,
+        revision=revision,
+        watermark_ms=watermark_ms,
+    )
+
+
+def record_for_bounds(
+    window: str,
+    start_ms: int,
+    end_ms: int,
+    dimension: str,
+    segment: str,
+    counts: Counts,
+    *,
+    final: bool,
+    revision: int,
+    watermark_ms: int | None,
+) -> dict[str, object]:
+    """The record for a window given by name and epoch-ms bounds (MetricRecord shape)."""
     return {
-        "window": kind.name,
-        "window_start": _utc(start).isoformat(),
-        "window_end": _utc(end).isoformat(),
+        "window": window,
+        "window_start": _utc(start_ms).isoformat(),
+        "window_end": _utc(end_ms).isoformat(),
         "dimension": dimension,
         "segment": segment,
         "final": final,
         "revision": revision,
         "watermark": None if watermark_ms is None else _utc(watermark_ms).isoformat(),
         **published_counts(counts),
-        **derived_metrics(counts, windows.window_days(kind, k)),
+        **derived_metrics(counts, (end_ms - start_ms) / windows.DAY_MS),
     }
 
 
