@@ -1,7 +1,7 @@
 """The input contract: customer lifecycle events, their validation and compact form.
 
 No Kafka here. `decode_event` turns raw bytes into a `LifecycleEvent` (the compact,
-integer-only form the rest of the domain uses) or raises `InvalidEvent` with a short,
+integer-only form the rest of the domain uses) or raises `InvalidEventError` with a short,
 stable reason code that becomes the dead-letter reason and a metric label.
 """
 
@@ -92,7 +92,7 @@ class CustomerEvent(BaseModel):
     )
 
 
-class InvalidEvent(ValueError):
+class InvalidEventError(ValueError):
     """An input message that cannot be applied; `reason` is a stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -131,36 +131,38 @@ def to_epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _validation_reason(error: ValidationError) -> InvalidEvent:
+def _validation_reason(error: ValidationError) -> InvalidEventError:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"]) or "event"
     kind = first["type"]
     if kind == "json_invalid":
-        return InvalidEvent("not_json", first["msg"])
+        return InvalidEventError("not_json", first["msg"])
     if kind == "missing":
-        return InvalidEvent("missing_field", f"{location} is required")
+        return InvalidEventError("missing_field", f"{location} is required")
     if location == "type":
-        return InvalidEvent("unknown_type", first["msg"])
+        return InvalidEventError("unknown_type", first["msg"])
     if location == "occurred_at" and kind == "timezone_aware":
-        return InvalidEvent("naive_timestamp", "occurred_at needs a UTC offset")
-    return InvalidEvent(f"invalid_{location.split('.')[0]}", f"{location}: {first['msg']}")
+        return InvalidEventError("naive_timestamp", "occurred_at needs a UTC offset")
+    return InvalidEventError(f"invalid_{location.split('.')[0]}", f"{location}: {first['msg']}")
 
 
 def _check_semantics(event: CustomerEvent) -> None:
     if event.mrr is not None and event.type not in EVENTS_WITH_MRR:
-        raise InvalidEvent("mrr_not_allowed", f"a {event.type} event cannot carry mrr")
+        raise InvalidEventError("mrr_not_allowed", f"a {event.type} event cannot carry mrr")
     if event.type is EventType.PURCHASE and event.amount is None:
-        raise InvalidEvent("missing_field", "amount is required on a purchase")
+        raise InvalidEventError("missing_field", "amount is required on a purchase")
     if event.amount is not None and event.type is not EventType.PURCHASE:
-        raise InvalidEvent("amount_not_allowed", f"a {event.type} event cannot carry amount")
+        raise InvalidEventError("amount_not_allowed", f"a {event.type} event cannot carry amount")
     if event.occurred_at < EARLIEST_EVENT_TIME:
-        raise InvalidEvent("too_old", "occurred_at is before 2000-01-01")
+        raise InvalidEventError("too_old", "occurred_at is before 2000-01-01")
 
 
 def parse_event(raw: bytes) -> CustomerEvent:
     """Validate raw message bytes against the input contract."""
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent("too_large", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}")
+        raise InvalidEventError(
+            "too_large", f"message is {len(raw)} bytes, limit {MAX_MESSAGE_BYTES}"
+        )
     try:
         event = CustomerEvent.model_validate_json(raw)
     except ValidationError as error:

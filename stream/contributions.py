@@ -1,0 +1,127 @@
+"""A customer's contribution to every window, as a difference array over window indexes.
+
+For one window kind, a customer's contribution to window k (docs/semantics.md, the
+per-customer table) is piecewise constant in k: it can only change at a k where the
+window's start or end crosses one of the customer's steps. So we evaluate it at those
+candidate k's only and emit `contribution(k) - contribution(previous candidate)` there.
+The aggregate of window k is then the prefix sum of all customers' differences up to k,
+and a customer that never changes again keeps contributing to every later window without
+being touched. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from stream import windows
+from stream.formulas import ZERO, Counts, add, negate, subtract
+from stream.lifecycle import Segment, Timeline
+
+# (window kind name, window index, segment) -> difference of counts at that index
+DeltaKey = tuple[str, int, Segment]
+Deltas = dict[DeltaKey, Counts]
+
+
+def _segment_for(timeline: Timeline, start: int, end: int, active_at_start: bool) -> Segment | None:
+    if active_at_start:
+        return timeline.state_before(start).segment
+    activation = timeline.first_activation_step_within(start, end)
+    if activation is not None:
+        return timeline.steps[activation].segment
+    within = timeline.steps_within(start, end)
+    for index in within:
+        if timeline.steps[index].is_event:
+            return timeline.steps[index].segment
+    return None
+
+
+def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segment, Counts] | None:
+    """The customer's counts for window [start, end) and the segment they go to."""
+    before = timeline.state_before(start)
+    after = timeline.state_before(end)
+    segment = _segment_for(timeline, start, end, before.active)
+    if segment is None:
+        return None
+    a0, a1 = before.active, after.active
+    m0, m1 = before.mrr_micros, after.mrr_micros
+    first = timeline.first_activation_ms
+    new = first is not None and start <= first < end
+    reactivated = (
+        not a0 and not new and timeline.first_activation_step_within(start, end) is not None
+    )
+    churned = a0 and not a1
+    both = a0 and a1
+    purchases, amount = timeline.purchases_within(start, end)
+    purchasing = purchases > 0
+    repeat = purchasing and timeline.purchases_before(end) >= 2
+    counts = (
+        int(a0),
+        int(a1),
+        int(new),
+        int(reactivated),
+        int(churned),
+        int(new and not a1),
+        m0,
+        m1,
+        m0 if churned else 0,
+        max(0, m1 - m0) if both else 0,
+        max(0, m0 - m1) if both else 0,
+        m1 if both else 0,
+        m1 if new else 0,
+        m1 if reactivated else 0,
+        int(purchasing),
+        purchases,
+        amount,
+        int(repeat),
+    )
+    return segment, counts
+
+
+def candidate_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]:
+    candidates: set[int] = set()
+    for time_ms in timeline.times:
+        candidates.add(windows.first_ending_after(kind, time_ms))
+        candidates.add(windows.first_starting_after(kind, time_ms))
+    return sorted(candidates)
+
+
+def _add_into(deltas: Deltas, key: DeltaKey, counts: Counts) -> None:
+    total = add(deltas.get(key, ZERO), counts)
+    if any(total):
+        deltas[key] = total
+    else:
+        deltas.pop(key, None)
+
+
+def kind_deltas(timeline: Timeline, kind: windows.WindowKind, into: Deltas) -> None:
+    previous: tuple[Segment, Counts] | None = None
+    for k in candidate_indexes(timeline, kind):
+        start, end = windows.bounds(kind, k)
+        current = window_contribution(timeline, start, end)
+        if current == previous:
+            continue
+        if previous is not None:
+            _add_into(into, (kind.name, k, previous[0]), negate(previous[1]))
+        if current is not None:
+            _add_into(into, (kind.name, k, current[0]), current[1])
+        previous = current
+
+
+def customer_deltas(
+    timeline: Timeline, kinds: Iterable[windows.WindowKind] = windows.ALL_KINDS
+) -> Deltas:
+    """The customer's whole contribution, as differences keyed by (kind, k, segment)."""
+    deltas: Deltas = {}
+    for kind in kinds:
+        kind_deltas(timeline, kind, deltas)
+    return deltas
+
+
+def difference(new: Deltas, old: Deltas) -> Deltas:
+    """new - old, without zero entries: what to send when a customer's history changed."""
+    changed: Deltas = {}
+    for key in new.keys() | old.keys():
+        value = subtract(new.get(key, ZERO), old.get(key, ZERO))
+        if any(value):
+            changed[key] = value
+    return changed
