@@ -9,7 +9,7 @@ mutable mappings (faust tables in the worker, dicts in tests).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -183,10 +183,13 @@ class Aggregator:
         return None if latest is None else windows.first_containing(kind, latest)
 
     # -- emitting --------------------------------------------------------------------
-    def flush(self) -> Iterator[tuple[str, dict[str, object]]]:
+    def flush(
+        self, dimensions: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, dict[str, object]]]:
         """Records (key, record) for every window whose counts or finality changed."""
-        for dimension in list(self._meta):
-            yield from self._flush_dimension(dimension)
+        for dimension in list(self._meta) if dimensions is None else dimensions:
+            if dimension in self._meta:
+                yield from self._flush_dimension(dimension)
 
     def _flush_dimension(self, dimension: str) -> Iterator[tuple[str, dict[str, object]]]:
         meta = self.meta(dimension)

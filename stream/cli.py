@@ -44,18 +44,21 @@ def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], Comm
     return commands.REGISTRY
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported and configured (fast start)."""
     parser = argparse.ArgumentParser(prog="churn-stream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure) in _commands().items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        handler = configure(command_parser)
-        command_parser.set_defaults(handler=handler)
+        if name == command:
+            command_parser.set_defaults(handler=configure(command_parser))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    args = build_parser(command).parse_args(arguments)
     return int(args.handler(args))
 
 

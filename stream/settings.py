@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(
         default=5000, ge=1, description="Most input records the ingest stage reads per batch."
     )
+    session_timeout_seconds: int = Field(
+        default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
+    )
+    startup_timeout_seconds: float = Field(
+        default=300, gt=0, description="Give up (exit non-zero) if Kafka is unreachable this long."
+    )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, description="SASL mechanism; unset for no SASL."
     )

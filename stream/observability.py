@@ -1,0 +1,181 @@
+"""Prometheus metrics of one worker, built on an injected registry.
+
+Counters are updated by the stages; window gauges are computed at scrape time from the
+aggregates this worker owns (a custom collector), so a scrape never races an update and
+no gauge is kept for windows that are no longer open. No customer id is ever a label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from stream import windows
+from stream.aggregation import Aggregator
+from stream.formulas import INDEX, derived_metrics
+
+# gauge name -> (help, how to read it from counts and derived metrics)
+_COUNT_GAUGES = {
+    "churn_customers_start": (
+        "Customers active at the start of the open window.",
+        "customers_start",
+    ),
+    "churn_customers_end": (
+        "Customers active at the end (so far) of the open window.",
+        "customers_end",
+    ),
+    "churn_new_customers": ("First-ever activations in the open window.", "new_customers"),
+    "churn_churned_customers": ("Customers active at start and not now.", "churned_customers"),
+    "churn_reactivated_customers": (
+        "Returned customers in the open window.",
+        "reactivated_customers",
+    ),
+}
+_RATIO_GAUGES = {
+    "churn_customer_churn_ratio": ("Churn rate of the open window.", "churn_rate"),
+    "churn_customer_retention_ratio": ("Retention rate of the open window.", "retention_rate"),
+    "churn_net_growth_ratio": ("Net growth of the open window.", "net_growth_rate"),
+    "churn_gross_mrr_churn_ratio": ("Gross MRR churn of the open window.", "gross_mrr_churn_rate"),
+    "churn_net_revenue_retention_ratio": (
+        "Net revenue retention of the open window.",
+        "net_revenue_retention",
+    ),
+    "churn_repeat_purchase_ratio": (
+        "Repeat-purchase rate of the open window.",
+        "repeat_purchase_rate",
+    ),
+    "churn_monthly_churn_ratio": (
+        "Churn of the open window rescaled to a month.",
+        "monthly_churn_rate",
+    ),
+}
+_WINDOW_LABELS = ("window", "dimension", "segment")
+
+
+class WindowCollector(Collector):
+    """Gauges of the open window of every kind, read from the aggregator per scrape."""
+
+    def __init__(self, aggregator: Callable[[], Aggregator | None]) -> None:
+        self._aggregator = aggregator
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            name: GaugeMetricFamily(name, help_text, labels=_WINDOW_LABELS)
+            for name, (help_text, _) in {**_COUNT_GAUGES, **_RATIO_GAUGES}.items()
+        }
+        active = GaugeMetricFamily(
+            "churn_active_customers",
+            "Customers active now (end of the open day window), by segment.",
+            labels=("dimension", "segment"),
+        )
+        aggregator = self._aggregator()
+        if aggregator is not None:
+            for dimension in aggregator.dimensions():
+                self._collect_dimension(aggregator, dimension, families, active)
+        yield from families.values()
+        yield active
+
+    def _collect_dimension(
+        self,
+        aggregator: Aggregator,
+        dimension: str,
+        families: dict[str, GaugeMetricFamily],
+        active: GaugeMetricFamily,
+    ) -> None:
+        for kind in windows.ALL_KINDS:
+            k = aggregator.open_window(dimension, kind)
+            if k is None:
+                continue
+            for segment in aggregator.segments(dimension, kind.name):
+                counts = aggregator.window_counts(dimension, kind.name, segment, k)
+                labels = [kind.name, dimension, segment]
+                for name, (_, field) in _COUNT_GAUGES.items():
+                    families[name].add_metric(labels, counts[INDEX[field]])
+                derived = derived_metrics(counts, windows.window_days(kind, k))
+                for name, (_, field) in _RATIO_GAUGES.items():
+                    value = derived[field]
+                    if value is not None:
+                        families[name].add_metric(labels, value)
+                if kind is windows.DAY:
+                    active.add_metric([dimension, segment], counts[INDEX["customers_end"]])
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    events: Counter
+    invalid_events: Counter
+    late_events: Counter
+    duplicate_events: Counter
+    applied_events: Counter
+    consumed_messages: Counter
+    watermark: Gauge
+    last_event_wall: Gauge
+    consumer_lag: Gauge
+    up: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        return cls(
+            registry=registry,
+            events=Counter(
+                "churn_events", "Valid events consumed, by type.", ["type"], registry=registry
+            ),
+            invalid_events=Counter(
+                "churn_invalid_events",
+                "Input dead-lettered, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            late_events=Counter(
+                "churn_late_events",
+                "Events for a day window that was already final.",
+                registry=registry,
+            ),
+            duplicate_events=Counter(
+                "churn_duplicate_events",
+                "Events whose event_id was already applied.",
+                registry=registry,
+            ),
+            applied_events=Counter(
+                "churn_applied_events", "Events applied to a customer history.", registry=registry
+            ),
+            consumed_messages=Counter(
+                "churn_consumed_messages",
+                "Input messages read by the ingest stage.",
+                registry=registry,
+            ),
+            watermark=Gauge(
+                "churn_watermark_timestamp_seconds",
+                "Event-time watermark of the ingest stage.",
+                registry=registry,
+            ),
+            last_event_wall=Gauge(
+                "churn_last_event_timestamp_seconds",
+                "Wall-clock time the last input was read.",
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "churn_consumer_lag_messages",
+                "Input messages not yet read, by partition.",
+                ["partition"],
+                registry=registry,
+            ),
+            up=Gauge(
+                "churn_ingest_up",
+                "1 while the ingest stage is connected and consuming.",
+                registry=registry,
+            ),
+        )
+
+    def mark_consumed(self, messages: int) -> None:
+        self.consumed_messages.inc(messages)
+        self.last_event_wall.set(time.time())
