@@ -23,15 +23,15 @@ Deltas = dict[DeltaKey, Counts]
 
 
 def _segment_for(timeline: Timeline, start: int, end: int, active_at_start: bool) -> Segment | None:
+    """The segment at the window's reference instant (docs/semantics.md, Segments)."""
     if active_at_start:
         return timeline.state_before(start).segment
     activation = timeline.first_activation_step_within(start, end)
     if activation is not None:
-        return timeline.steps[activation].segment
-    within = timeline.steps_within(start, end)
-    for index in within:
+        return timeline.state_before(timeline.steps[activation].time_ms + 1).segment
+    for index in timeline.steps_within(start, end):
         if timeline.steps[index].is_event:
-            return timeline.steps[index].segment
+            return timeline.state_before(timeline.steps[index].time_ms + 1).segment
     return None
 
 

@@ -23,8 +23,8 @@ from stream.observability import Metrics
 from stream.routing import (
     InputRecord,
     RoutedBatch,
+    customer_batches,
     dead_letter,
-    encode_customer_batch,
     route_batch,
 )
 from stream.settings import Settings
@@ -129,11 +129,8 @@ class Ingest:
         assert self._producer is not None
         settings = self._settings
         acks: list[Awaitable[Any]] = []
-        for target in range(settings.partitions):
-            events = routed.by_partition.get(target, [])
-            if not events and not routed.latest_by_input:
-                continue
-            value = encode_customer_batch(self._watermarks, events)
+        messages = customer_batches(routed, self._watermarks, settings.partitions)
+        for target, value in messages.items():
             acks.append(await self._producer.send(settings.customer_topic, value, partition=target))
         for rejected in routed.rejected:
             value = dead_letter(rejected, settings.input_topic)

@@ -13,9 +13,9 @@ from stream.aggregation import Aggregator, by_dimension
 from stream.customers import CustomerStage
 from stream.routing import (
     InputRecord,
+    customer_batches,
     decode_customer_batch,
     decode_deltas,
-    encode_customer_batch,
     encode_deltas,
     route_batch,
 )
@@ -58,6 +58,7 @@ class LocalPipeline:
             {}, {}, {}, grace_ms=grace_seconds * 1000, max_segments=max_segments
         )
         self.latest: dict[str, dict[str, object]] = {}
+        self.input_watermarks: dict[int, int] = {}
         self.rejected: list[str] = []
         self.applied = 0
         self.duplicates = 0
@@ -66,8 +67,10 @@ class LocalPipeline:
         records = [InputRecord(input_partition, i, raw) for i, raw in enumerate(raw_events)]
         routed = route_batch(records, self.dimensions, self.partitions, FAR_FUTURE_MS, 0)
         self.rejected.extend(r.reason for r in routed.rejected)
-        for target, events in routed.by_partition.items():
-            message = encode_customer_batch(routed.latest_by_input, events)
+        merge_watermarks(self.input_watermarks, routed.latest_by_input)
+        for target, message in customer_batches(
+            routed, self.input_watermarks, self.partitions
+        ).items():
             self._customer_message(target, message)
 
     def _customer_message(self, partition: int, raw: bytes) -> None:

@@ -99,6 +99,19 @@ def encode_customer_batch(watermarks: Mapping[int, int], events: list[LifecycleE
     )
 
 
+def customer_batches(
+    routed: RoutedBatch, watermarks: Mapping[int, int], partitions: int
+) -> dict[int, bytes]:
+    """One message per internal partition; partitions without events still get one when
+    the watermark moved, so that every partition's event time advances."""
+    if not routed.latest_by_input:
+        return {}
+    return {
+        target: encode_customer_batch(watermarks, routed.by_partition.get(target, []))
+        for target in range(partitions)
+    }
+
+
 def decode_customer_batch(raw: bytes) -> tuple[dict[int, int], list[LifecycleEvent]]:
     message = orjson.loads(raw)
     watermarks = {int(p): int(t) for p, t in message["w"].items()}
