@@ -1,0 +1,40 @@
+# churn-stream command runner. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: help setup demo test unit integration lint schemas clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)  ## Create .venv and install churn-stream with its test tools
+
+demo: setup  ## Embedded broker + worker + simulator + live metrics (ARGS="--duration 60")
+	$(BIN)/churn-stream demo $(ARGS)
+
+test: setup lint  ## The whole test suite: lint, unit and integration tests
+	$(BIN)/pytest $(ARGS)
+
+unit: setup  ## Unit tests only (no network)
+	$(BIN)/pytest tests/unit $(ARGS)
+
+integration: setup  ## Integration tests on the embedded broker
+	$(BIN)/pytest tests/integration $(ARGS)
+
+lint: setup  ## ruff check and ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+schemas: setup  ## Regenerate schemas/ from the pydantic models
+	$(BIN)/python -m stream.schemas
+
+clean:  ## Remove the virtualenv and local data
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

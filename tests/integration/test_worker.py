@@ -1,0 +1,157 @@
+"""A worker process on the real embedded broker: exact records, /metrics, dead letters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date
+
+import orjson
+import pytest
+
+from stream.batch import compute_records
+from stream.broker import create_topics, free_port, standard_topics
+from stream.events import compact, parse_event
+from stream.settings import Settings
+from stream.simulator import SimulationConfig, generate_events
+from tests.compare import differences
+from tests.integration.kafka_io import (
+    OutputFollower,
+    WorkerProcess,
+    produce,
+    read_all,
+    sample_value,
+)
+
+DIMENSIONS = ("plan", "region")
+INVALID = [
+    (b"not json at all", "not_json"),
+    (b'{"event_id":"x1","type":"churned","customer_id":"c1"}', "missing_field"),
+    (
+        b'{"event_id":"x2","type":"upgraded","customer_id":"c1","occurred_at":"2026-01-02T00:00:00Z"}',
+        "unknown_type",
+    ),
+    (
+        b'{"event_id":"x3","type":"churned","customer_id":"c1","occurred_at":"2026-01-02T00:00:00"}',
+        "naive_timestamp",
+    ),
+    (
+        b'{"event_id":"x4","type":"purchase","customer_id":"c1","occurred_at":"2026-01-02T00:00:00Z",'
+        b'"amount":-5}',
+        "invalid_amount",
+    ),
+]
+
+
+def worker_settings(prefix: str, broker_url: str, tmp_path) -> Settings:
+    return Settings(
+        broker=broker_url,
+        app_id=f"{prefix}app",
+        input_topic=f"{prefix}events",
+        output_topic=f"{prefix}metrics",
+        dlq_topic=f"{prefix}dlq",
+        dimensions=DIMENSIONS,
+        metrics_port=free_port(),
+        data_dir=tmp_path / "data",
+        emit_interval_seconds=0.5,
+        session_timeout_seconds=6,
+        max_future_seconds=10**9,
+    )
+
+
+def simulated(customers: int, days: int, seed: int) -> list[bytes]:
+    config = SimulationConfig(
+        customers=customers,
+        start=date(2026, 1, 1),
+        days=days,
+        seed=seed,
+        duplicate_fraction=0.03,
+        out_of_order_fraction=0.05,
+    )
+    return [orjson.dumps(event) for event in generate_events(config)]
+
+
+def expected_records(raw: list[bytes]) -> dict[str, dict]:
+    events = [compact(parse_event(value), DIMENSIONS) for value in raw]
+    return {
+        f"{r['window']}/{r['dimension']}/{r['segment']}/{r['window_start']}": r
+        for r in compute_records(events, DIMENSIONS)
+    }
+
+
+async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix, tmp_path):
+    settings = worker_settings(topic_prefix, broker.url, tmp_path)
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    valid = simulated(customers=150, days=75, seed=7)
+    expected = expected_records(valid)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        await worker.wait_for_metrics()
+        half = len(valid) // 2
+        await produce(broker.bootstrap, settings.input_topic, valid[:half])
+        await produce(broker.bootstrap, settings.input_topic, [raw for raw, _ in INVALID])
+        await produce(broker.bootstrap, settings.input_topic, valid[half:])
+        async with OutputFollower(broker.bootstrap, settings.output_topic) as output:
+            converged = await output.wait_until(
+                lambda latest: not differences(latest, expected), timeout=120
+            )
+            assert converged, differences(output.latest, expected)[:20]
+        metrics = worker.scrape()
+        worker.assert_running()
+    finally:
+        worker.stop()
+
+    open_month = max(
+        (r for r in expected.values() if r["window"] == "month" and r["dimension"] == "all"),
+        key=lambda r: r["window_start"],
+    )
+    labels = {"window": "month", "dimension": "all", "segment": "all"}
+    assert sample_value(metrics, "churn_customers_start", **labels) == open_month["customers_start"]
+    assert sample_value(metrics, "churn_customers_end", **labels) == open_month["customers_end"]
+    assert (
+        sample_value(metrics, "churn_churned_customers", **labels)
+        == open_month["churned_customers"]
+    )
+    for _, reason in INVALID:
+        assert sample_value(metrics, "churn_invalid_events_total", reason=reason) == 1
+    types = Counter(orjson.loads(raw)["type"] for raw in valid)
+    for event_type, count in types.items():
+        assert sample_value(metrics, "churn_events_total", type=event_type) == count
+    assert "customer_id" not in metrics and 'segment="c0' not in metrics
+
+    dead = [orjson.loads(m.value) for m in await read_all(broker.bootstrap, settings.dlq_topic)]
+    assert sorted(d["reason"] for d in dead) == sorted(reason for _, reason in INVALID)
+    assert {d["original"] for d in dead} == {raw.decode() for raw, _ in INVALID}
+    assert all(d["source_topic"] == settings.input_topic and d["source_offset"] >= 0 for d in dead)
+
+
+@pytest.mark.parametrize("duration", [25])
+def test_demo_runs_and_exits_zero_having_emitted(tmp_path, duration):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "demo",
+            "--duration",
+            str(duration),
+            "--metrics-port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--rate",
+            "1500",
+            "--customers",
+            "300",
+            "--days",
+            "60",
+        ],
+        capture_output=True,
+        timeout=180,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "churn-stream demo" in result.stdout
+    assert "month" in result.stdout
