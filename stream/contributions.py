@@ -1,6 +1,6 @@
 """A customer's contribution to every window, as a difference array over window indexes.
 
-For one window kind, a customer's contribution to window k (docs/semantics.md, the
+For one window kind, a customer's contribution to window k (README "Metric definitions", the
 per-customer table) is piecewise constant in k: it can only change at a k where the
 window's start or end crosses one of the customer's steps. So we evaluate it at those
 candidate k's only and emit `contribution(k) - contribution(previous candidate)` there.
@@ -23,7 +23,7 @@ Deltas = dict[DeltaKey, Counts]
 
 
 def _segment_for(timeline: Timeline, start: int, end: int, active_at_start: bool) -> Segment | None:
-    """The segment at the window's reference instant (docs/semantics.md, Segments)."""
+    """The segment at the window's reference instant (README "Metric definitions", Segments)."""
     if active_at_start:
         return timeline.state_before(start).segment
     activation = timeline.first_activation_step_within(start, end)

@@ -2,7 +2,7 @@
 
 The timeline is a list of steps in time order; each step is the customer's state right
 after an event (or after an inactivity expiry). The state "at a boundary b" is the state
-of the last step strictly before b — see docs/semantics.md.
+of the last step strictly before b — see README "Metric definitions".
 """
 
 from __future__ import annotations

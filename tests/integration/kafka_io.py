@@ -21,13 +21,19 @@ from stream.settings import Settings
 Records = dict[str, dict[str, Any]]
 
 
-async def produce(bootstrap: str, topic: str, values: Iterable[bytes]) -> int:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    key_for: Callable[[bytes], bytes | None] | None = None,
+) -> int:
+    """Send `values`; the key is the payload's customer_id unless `key_for` says otherwise."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     sent = 0
     try:
         for value in values:
-            key = _customer_key(value)
+            key = (key_for or _customer_key)(value)
             await producer.send(topic, value, key=key)
             sent += 1
         await producer.flush()

@@ -42,7 +42,12 @@ INVALID = [
 ]
 
 
-def worker_settings(prefix: str, broker_url: str, tmp_path) -> Settings:
+def missing_or_wrong_key(value: bytes) -> bytes | None:
+    """Half of these messages have no key, the other half a key that is not the customer."""
+    return None if hash(value) % 2 else b"not-the-customer"
+
+
+def worker_settings(prefix: str, broker_url: str, tmp_path, store: str = "memory://") -> Settings:
     return Settings(
         broker=broker_url,
         app_id=f"{prefix}app",
@@ -55,6 +60,7 @@ def worker_settings(prefix: str, broker_url: str, tmp_path) -> Settings:
         emit_interval_seconds=0.5,
         session_timeout_seconds=6,
         max_future_seconds=10**9,
+        store=store,
     )
 
 
@@ -78,8 +84,9 @@ def expected_records(raw: list[bytes]) -> dict[str, dict]:
     }
 
 
-async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix, tmp_path):
-    settings = worker_settings(topic_prefix, broker.url, tmp_path)
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix, tmp_path, store):
+    settings = worker_settings(topic_prefix, broker.url, tmp_path, store)
     await create_topics(broker.bootstrap, standard_topics(settings))
     valid = simulated(customers=150, days=75, seed=7)
     expected = expected_records(valid)
@@ -89,7 +96,9 @@ async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix,
         half = len(valid) // 2
         await produce(broker.bootstrap, settings.input_topic, valid[:half])
         await produce(broker.bootstrap, settings.input_topic, [raw for raw, _ in INVALID])
-        await produce(broker.bootstrap, settings.input_topic, valid[half:])
+        await produce(
+            broker.bootstrap, settings.input_topic, valid[half:], key_for=missing_or_wrong_key
+        )
         async with OutputFollower(broker.bootstrap, settings.output_topic) as output:
             converged = await output.wait_until(
                 lambda latest: not differences(latest, expected), timeout=120
