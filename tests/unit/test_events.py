@@ -19,7 +19,10 @@ def test_a_valid_event_becomes_integers():
 
 
 def test_unknown_fields_are_ignored():
-    raw = b'{"event_id":"e","type":"activity","customer_id":"c","occurred_at":"2026-03-01T00:00:00Z","v":2}'
+    raw = (
+        b'{"event_id":"e","type":"activity","customer_id":"c",'
+        b'"occurred_at":"2026-03-01T00:00:00Z","v":2}'
+    )
     assert decode_event(raw, ()).event_id == "e"
 
 
