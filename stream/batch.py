@@ -141,8 +141,8 @@ class History:
     inactive (plus applied activity-mode expiries). `states[i]` is the state after
     everything at `times[i]`; between notable instants the state does not change. The
     events left out (e.g. `activity` or a same-price `renewed` of an active customer)
-    change nothing any contribution depends on. Activations, purchases and all event
-    instants are also listed separately, in time order.
+    change nothing any contribution depends on. Activations and purchases are also
+    listed separately, in time order.
     """
 
     initial: State
@@ -152,7 +152,6 @@ class History:
     activation_first: list[bool]  # is the activation at the same position first-ever?
     purchase_times: list[int]
     purchase_amounts: list[int]  # micros
-    event_times: list[int]
 
     def state_before(self, instant: int) -> State:
         """After every event/expiry with time < instant, before any at exactly instant."""
@@ -202,7 +201,7 @@ def replay(
     ever_activated = False
     latest_mrr = 0
     initial = State(False, 0, labels.label(values))
-    history = History(initial, [], [], [], [], [], [], [])
+    history = History(initial, [], [], [], [], [], [])
 
     def snapshot(instant: int, notable: bool) -> None:
         state = State(active, latest_mrr if active else 0, labels.label(values))
@@ -240,7 +239,6 @@ def replay(
             history.purchase_times.append(event.time_ms)
             history.purchase_amounts.append(event.amount_micros or 0)
         snapshot(event.time_ms, notable=activation or purchase or not active)
-        history.event_times.append(event.time_ms)
         last_event_ms = event.time_ms
     # The trailing expiry only happens once the watermark has reached it.
     if inactivity_ms is not None and active and last_event_ms is not None:
@@ -262,15 +260,15 @@ def contribution(history: History, t0: int, t1: int) -> tuple[tuple[str, ...], C
     activation_times = history.activation_times[activations]
     purchases = history.purchase_amounts[_inside(history.purchase_times, t0, t1)]
     purchases_before_end = bisect_left(history.purchase_times, t1)
-    events_inside = history.event_times[_inside(history.event_times, t0, t1)]
+    purchase_times_inside = history.purchase_times[_inside(history.purchase_times, t0, t1)]
 
     # The segment is taken at the reference instant.
     if start.active:
         segment = start.segment
     elif activation_times:
         segment = history.state_after(activation_times[0]).segment
-    elif events_inside:
-        segment = history.state_after(events_inside[0]).segment
+    elif purchase_times_inside:
+        segment = history.state_after(purchase_times_inside[0]).segment
     else:
         return None
 

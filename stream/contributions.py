@@ -23,16 +23,15 @@ Deltas = dict[DeltaKey, Counts]
 
 
 def _segment_for(timeline: Timeline, start: int, end: int, active_at_start: bool) -> Segment | None:
-    """The segment at the window's reference instant (README "Metric definitions", Segments)."""
+    """The segment at the window's reference instant (README, Segments)."""
     if active_at_start:
         return timeline.state_before(start).segment
-    activation = timeline.first_activation_step_within(start, end)
-    if activation is not None:
-        return timeline.state_before(timeline.steps[activation].time_ms + 1).segment
-    for index in timeline.steps_within(start, end):
-        if timeline.steps[index].is_event:
-            return timeline.state_before(timeline.steps[index].time_ms + 1).segment
-    return None
+    instant = timeline.first_activation_within(start, end)
+    if instant is None:
+        instant = timeline.first_purchase_within(start, end)
+    if instant is None:
+        return None
+    return timeline.state_before(instant + 1).segment
 
 
 def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segment, Counts] | None:
@@ -46,9 +45,7 @@ def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segme
     m0, m1 = before.mrr_micros, after.mrr_micros
     first = timeline.first_activation_ms
     new = first is not None and start <= first < end
-    reactivated = (
-        not a0 and not new and timeline.first_activation_step_within(start, end) is not None
-    )
+    reactivated = not a0 and not new and timeline.first_activation_within(start, end) is not None
     churned = a0 and not a1
     both = a0 and a1
     purchases, amount = timeline.purchases_within(start, end)
@@ -77,27 +74,42 @@ def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segme
     return segment, counts
 
 
-def candidate_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]:
-    candidates: set[int] = set()
-    for time_ms in timeline.times:
-        candidates.add(windows.first_ending_after(kind, time_ms))
-        candidates.add(windows.first_starting_after(kind, time_ms))
+def candidate_indexes(timeline: Timeline, kind: windows.WindowKind, k_from: int) -> list[int]:
+    """Window indexes >= k_from where the contribution may change: where a window's end or
+    start crosses a step. Steps are visited newest first; once a step's start-crossing is
+    before k_from, no older step can add a candidate."""
+    candidates = {k_from}
+    for time_ms in reversed(timeline.times):
+        starting = windows.first_starting_after(kind, time_ms)
+        if starting < k_from:
+            break
+        candidates.add(starting)
+        ending = windows.first_ending_after(kind, time_ms)
+        if ending >= k_from:
+            candidates.add(ending)
     return sorted(candidates)
 
 
 def _add_into(deltas: Deltas, key: DeltaKey, counts: Counts) -> None:
-    total = add(deltas.get(key, ZERO), counts)
+    previous = deltas.get(key)
+    total = counts if previous is None else add(previous, counts)
     if any(total):
         deltas[key] = total
     else:
         deltas.pop(key, None)
 
 
-def kind_deltas(timeline: Timeline, kind: windows.WindowKind, into: Deltas) -> None:
-    previous: tuple[Segment, Counts] | None = None
-    for k in candidate_indexes(timeline, kind):
-        start, end = windows.bounds(kind, k)
-        current = window_contribution(timeline, start, end)
+def kind_deltas(
+    timeline: Timeline, kind: windows.WindowKind, into: Deltas, k_from: int | None = None
+) -> None:
+    """Add the customer's differences at window indexes >= k_from (all when None)."""
+    if k_from is None:
+        if not timeline.times:
+            return
+        k_from = windows.first_ending_after(kind, timeline.times[0])
+    previous = window_contribution(timeline, *windows.bounds(kind, k_from - 1))
+    for k in candidate_indexes(timeline, kind, k_from):
+        current = window_contribution(timeline, *windows.bounds(kind, k))
         if current == previous:
             continue
         if previous is not None:
@@ -115,6 +127,23 @@ def customer_deltas(
     for kind in kinds:
         kind_deltas(timeline, kind, deltas)
     return deltas
+
+
+def changed_deltas(old: Timeline, new: Timeline) -> Deltas:
+    """What to send when a customer's timeline changed from `old` to `new`: the difference
+    of their difference arrays, computed only from the first window the change affects."""
+    since = new.first_difference_ms(old)
+    changes: Deltas = {}
+    if since is None:
+        return changes
+    for kind in windows.ALL_KINDS:
+        k_from = windows.first_ending_after(kind, since)
+        old_part: Deltas = {}
+        kind_deltas(old, kind, old_part, k_from)
+        kind_deltas(new, kind, changes, k_from)
+        for key, counts in old_part.items():
+            _add_into(changes, key, negate(counts))
+    return changes
 
 
 def difference(new: Deltas, old: Deltas) -> Deltas:

@@ -15,10 +15,10 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream.contributions import Deltas, customer_deltas, difference
+from stream.contributions import Deltas, changed_deltas
 from stream.events import EventType, LifecycleEvent
 from stream.formulas import ZERO, add
-from stream.lifecycle import build_timeline, ordered_unique, pending_expiry_ms
+from stream.lifecycle import Timeline, build_timeline, ordered_unique, pending_expiry_ms
 
 
 def partition_for(customer_id: str, partitions: int) -> int:
@@ -61,6 +61,46 @@ def _merge_deltas(target: Deltas, changes: Deltas) -> None:
             target.pop(key, None)
 
 
+def _never_matters(event: LifecycleEvent, activity_mode: bool) -> bool:
+    """Subscription mode: an activity or a bare renewal with no mrr and no dimension
+    attribute can never change any metric, whatever arrives later; only its id is kept."""
+    return (
+        not activity_mode
+        and event.type in _BARE_TYPES
+        and event.mrr_micros is None
+        and all(value is None for value in event.segment)
+    )
+
+
+_BARE_TYPES = frozenset({EventType.ACTIVITY, EventType.RENEWED})
+
+
+@dataclass(slots=True)
+class History:
+    """A customer's stored history: the events that may matter, the ids of the rest, and
+    the watermark its contributions were last computed with."""
+
+    events: list[LifecycleEvent]
+    bare_ids: list[str]
+    watermark_ms: int | None
+
+    def seen(self) -> set[str]:
+        return {event.event_id for event in self.events} | set(self.bare_ids)
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "e": [event_to_row(e) for e in self.events],
+            "i": self.bare_ids,
+            "w": self.watermark_ms,
+        }
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any] | None) -> History:
+        if stored is None:
+            return cls([], [], None)
+        return cls([event_from_row(row) for row in stored["e"]], stored["i"], stored["w"])
+
+
 class CustomerStage:
     """Histories of the customers of the partitions this worker owns."""
 
@@ -75,31 +115,16 @@ class CustomerStage:
         self._inactivity_days = inactivity_days
         self._expiries: list[tuple[int, str]] = []  # activity mode: (expiry, customer)
 
-    def _history(self, customer_id: str) -> tuple[list[LifecycleEvent], int | None]:
-        stored = self._store.get(customer_id)
-        if stored is None:
-            return [], None
-        return [event_from_row(row) for row in stored["e"]], stored["w"]
+    def _timeline(self, events: list[LifecycleEvent], watermark_ms: int | None) -> Timeline:
+        return build_timeline(events, self._dimension_count, self._inactivity_days, watermark_ms)
 
-    def _deltas(self, events: list[LifecycleEvent], watermark_ms: int | None) -> Deltas:
-        if not events:
-            return {}
-        timeline = build_timeline(
-            events, self._dimension_count, self._inactivity_days, watermark_ms
+    def _update(self, customer_id: str, old: History, new: History) -> Deltas:
+        changes = changed_deltas(
+            self._timeline(old.events, old.watermark_ms),
+            self._timeline(new.events, new.watermark_ms),
         )
-        return customer_deltas(timeline)
-
-    def _update(
-        self,
-        customer_id: str,
-        old: list[LifecycleEvent],
-        old_watermark: int | None,
-        new: list[LifecycleEvent],
-        watermark_ms: int | None,
-    ) -> Deltas:
-        changes = difference(self._deltas(new, watermark_ms), self._deltas(old, old_watermark))
-        self._store[customer_id] = {"e": [event_to_row(e) for e in new], "w": watermark_ms}
-        expiry = pending_expiry_ms(new, self._inactivity_days, watermark_ms)
+        self._store[customer_id] = new.to_stored()
+        expiry = pending_expiry_ms(new.events, self._inactivity_days, new.watermark_ms)
         if expiry is not None:
             heapq.heappush(self._expiries, (expiry, customer_id))
         return changes
@@ -111,18 +136,24 @@ class CustomerStage:
         for event in events:
             by_customer.setdefault(event.customer_id, []).append(event)
         outcome = BatchOutcome({})
+        activity_mode = self._inactivity_days is not None
         for customer_id, arrived in by_customer.items():
-            old, old_watermark = self._history(customer_id)
-            seen = {event.event_id for event in old}
+            old = History.from_stored(self._store.get(customer_id))
+            seen = old.seen()
             fresh = ordered_unique(e for e in arrived if e.event_id not in seen)
             outcome.duplicates += len(arrived) - len(fresh)
             outcome.applied += len(fresh)
             if not fresh:
                 continue
-            new = ordered_unique([*old, *fresh])
-            _merge_deltas(
-                outcome.deltas, self._update(customer_id, old, old_watermark, new, watermark_ms)
-            )
+            bare = [e.event_id for e in fresh if _never_matters(e, activity_mode)]
+            mattering = [e for e in fresh if not _never_matters(e, activity_mode)]
+            new = History(old.events, old.bare_ids + bare, watermark_ms)
+            if not mattering:
+                new.watermark_ms = old.watermark_ms
+                self._store[customer_id] = new.to_stored()
+                continue
+            new.events = ordered_unique([*old.events, *mattering])
+            _merge_deltas(outcome.deltas, self._update(customer_id, old, new))
         _merge_deltas(outcome.deltas, self.expire(watermark_ms))
         return outcome
 
@@ -131,12 +162,11 @@ class CustomerStage:
         changes: Deltas = {}
         while watermark_ms is not None and self._expiries and self._expiries[0][0] <= watermark_ms:
             expiry, customer_id = heapq.heappop(self._expiries)
-            events, old_watermark = self._history(customer_id)
-            if pending_expiry_ms(events, self._inactivity_days, old_watermark) != expiry:
+            old = History.from_stored(self._store.get(customer_id))
+            if pending_expiry_ms(old.events, self._inactivity_days, old.watermark_ms) != expiry:
                 continue  # stale: the history changed since this expiry was scheduled
-            _merge_deltas(
-                changes, self._update(customer_id, events, old_watermark, events, watermark_ms)
-            )
+            new = History(old.events, old.bare_ids, watermark_ms)
+            _merge_deltas(changes, self._update(customer_id, old, new))
         return changes
 
     def rebuild_expiries(self) -> None:
@@ -145,8 +175,8 @@ class CustomerStage:
         if self._inactivity_days is None:
             return
         for customer_id in list(self._store.keys()):
-            events, watermark = self._history(customer_id)
-            expiry = pending_expiry_ms(events, self._inactivity_days, watermark)
+            history = History.from_stored(self._store.get(customer_id))
+            expiry = pending_expiry_ms(history.events, self._inactivity_days, history.watermark_ms)
             if expiry is not None:
                 self._expiries.append((expiry, customer_id))
         heapq.heapify(self._expiries)

@@ -7,6 +7,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
+import operator
 from typing import Final
 
 from stream.events import MICROS_PER_UNIT
@@ -54,15 +55,15 @@ ZERO: Final[Counts] = (0,) * WIDTH
 
 
 def add(left: Counts, right: Counts) -> Counts:
-    return tuple(a + b for a, b in zip(left, right, strict=True))
+    return tuple(map(operator.add, left, right))
 
 
 def subtract(left: Counts, right: Counts) -> Counts:
-    return tuple(a - b for a, b in zip(left, right, strict=True))
+    return tuple(map(operator.sub, left, right))
 
 
 def negate(counts: Counts) -> Counts:
-    return tuple(-value for value in counts)
+    return tuple(map(operator.neg, counts))
 
 
 def ratio(numerator: int, denominator: int) -> float | None:

@@ -1,8 +1,10 @@
 """One customer's lifecycle: its events replayed into a timeline of states. No I/O.
 
 The timeline is a list of steps in time order; each step is the customer's state right
-after an event (or after an inactivity expiry). The state "at a boundary b" is the state
-of the last step strictly before b — see README "Metric definitions".
+after an event that matters (it changes the state, activates, or is a purchase) or after
+an inactivity expiry. Events that change nothing are not steps, so a timeline stays as
+short as the customer's real history. The state "at a boundary b" is the state of the
+last step strictly before b — see README "Metric definitions".
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ class Step:
     active: bool
     mrr_micros: int  # MRR in effect: latest mrr while active, 0 while inactive
     segment: Segment
-    is_event: bool  # False for an inactivity expiry
     first_activation: bool | None  # None: no activation here; True: first-ever; False: later
+    purchase_micros: int | None = None
 
 
 @dataclass(slots=True)
@@ -34,37 +36,38 @@ class Timeline:
     initial: Step
     times: list[int] = field(init=False)
     activation_times: list[int] = field(init=False)
-    activation_steps: list[int] = field(init=False)
     first_activation_ms: int | None = field(init=False)
     purchase_times: list[int] = field(init=False)
     purchase_amount_prefix: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.times = [step.time_ms for step in self.steps]
-        self.activation_steps = [
-            index for index, step in enumerate(self.steps) if step.first_activation is not None
-        ]
-        self.activation_times = [self.steps[index].time_ms for index in self.activation_steps]
+        self.activation_times = [s.time_ms for s in self.steps if s.first_activation is not None]
         firsts = [step.time_ms for step in self.steps if step.first_activation]
         self.first_activation_ms = firsts[0] if firsts else None
         self.purchase_times = []
         self.purchase_amount_prefix = [0]
-
-    def add_purchase(self, time_ms: int, amount_micros: int) -> None:
-        self.purchase_times.append(time_ms)
-        self.purchase_amount_prefix.append(self.purchase_amount_prefix[-1] + amount_micros)
+        for step in self.steps:
+            if step.purchase_micros is not None:
+                self.purchase_times.append(step.time_ms)
+                self.purchase_amount_prefix.append(
+                    self.purchase_amount_prefix[-1] + step.purchase_micros
+                )
 
     def state_before(self, boundary_ms: int) -> Step:
         index = bisect_left(self.times, boundary_ms) - 1
         return self.steps[index] if index >= 0 else self.initial
 
-    def steps_within(self, start_ms: int, end_ms: int) -> range:
-        return range(bisect_left(self.times, start_ms), bisect_left(self.times, end_ms))
-
-    def first_activation_step_within(self, start_ms: int, end_ms: int) -> int | None:
+    def first_activation_within(self, start_ms: int, end_ms: int) -> int | None:
         position = bisect_left(self.activation_times, start_ms)
         if position < len(self.activation_times) and self.activation_times[position] < end_ms:
-            return self.activation_steps[position]
+            return self.activation_times[position]
+        return None
+
+    def first_purchase_within(self, start_ms: int, end_ms: int) -> int | None:
+        position = bisect_left(self.purchase_times, start_ms)
+        if position < len(self.purchase_times) and self.purchase_times[position] < end_ms:
+            return self.purchase_times[position]
         return None
 
     def purchases_within(self, start_ms: int, end_ms: int) -> tuple[int, int]:
@@ -76,6 +79,16 @@ class Timeline:
 
     def purchases_before(self, boundary_ms: int) -> int:
         return bisect_left(self.purchase_times, boundary_ms)
+
+    def first_difference_ms(self, other: Timeline) -> int | None:
+        """The earliest time at which the two timelines differ (None if identical)."""
+        for mine, theirs in zip(self.steps, other.steps, strict=False):
+            if mine != theirs:
+                return min(mine.time_ms, theirs.time_ms)
+        if len(self.steps) == len(other.steps):
+            return None
+        longer = self.steps if len(self.steps) > len(other.steps) else other.steps
+        return longer[min(len(self.steps), len(other.steps))].time_ms
 
 
 def ordered_unique(events: Iterable[LifecycleEvent]) -> list[LifecycleEvent]:
@@ -105,9 +118,9 @@ def build_timeline(
     """
     inactivity_ms = None if inactivity_days is None else inactivity_days * DAY_MS
     segment: list[str | None] = [None] * dimension_count
-    initial = Step(0, False, 0, tuple(segment), False, None)
+    initial = Step(0, False, 0, tuple(segment), None)
     steps: list[Step] = []
-    purchases: list[tuple[int, int]] = []
+    state = initial
     active = ever_activated = False
     latest_mrr = 0
     last_time: int | None = None
@@ -115,7 +128,8 @@ def build_timeline(
         if inactivity_ms is not None and active and last_time is not None:
             expiry = last_time + inactivity_ms
             if event.time_ms >= expiry:
-                steps.append(Step(expiry, False, 0, tuple(segment), False, None))
+                state = Step(expiry, False, 0, tuple(segment), None)
+                steps.append(state)
                 active = False
         for position, value in enumerate(event.segment):
             if value is not None:
@@ -129,19 +143,19 @@ def build_timeline(
             ever_activated = True
         elif event.type is EventType.CHURNED:
             active = False
-        if event.amount_micros is not None:
-            purchases.append((event.time_ms, event.amount_micros))
         mrr = latest_mrr if active else 0
-        steps.append(Step(event.time_ms, active, mrr, tuple(segment), True, first_activation))
+        changed = (active, mrr, tuple(segment)) != (state.active, state.mrr_micros, state.segment)
+        if changed or first_activation is not None or event.amount_micros is not None:
+            state = Step(
+                event.time_ms, active, mrr, tuple(segment), first_activation, event.amount_micros
+            )
+            steps.append(state)
         last_time = event.time_ms
     if inactivity_ms is not None and active and last_time is not None:
         expiry = last_time + inactivity_ms
         if watermark_ms is not None and expiry <= watermark_ms:
-            steps.append(Step(expiry, False, 0, tuple(segment), False, None))
-    timeline = Timeline(steps, initial)
-    for time_ms, amount in purchases:
-        timeline.add_purchase(time_ms, amount)
-    return timeline
+            steps.append(Step(expiry, False, 0, tuple(segment), None))
+    return Timeline(steps, initial)
 
 
 def pending_expiry_ms(

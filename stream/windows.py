@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Final
 
 DAY_MS: Final = 86_400_000
@@ -53,6 +54,7 @@ def _month_number(time_ms: int) -> int:
     return moment.year * 12 + moment.month - 1
 
 
+@lru_cache(maxsize=1 << 16)
 def start_ms(kind: WindowKind, k: int) -> int:
     if kind.rolling:
         return (k - kind.rolling_days) * DAY_MS
@@ -63,6 +65,7 @@ def start_ms(kind: WindowKind, k: int) -> int:
     return _month_start_ms(k * _months_per_window(kind))
 
 
+@lru_cache(maxsize=1 << 16)
 def end_ms(kind: WindowKind, k: int) -> int:
     if kind.rolling:
         return k * DAY_MS
@@ -80,14 +83,18 @@ def window_days(kind: WindowKind, k: int) -> float:
 
 def first_containing(kind: WindowKind, time_ms: int) -> int:
     """The smallest k whose window contains `time_ms` (the only one for calendar kinds)."""
-    day = time_ms // DAY_MS
+    return _first_containing_day(kind, time_ms // DAY_MS)
+
+
+@lru_cache(maxsize=1 << 16)
+def _first_containing_day(kind: WindowKind, day: int) -> int:
     if kind.rolling:
         return day + 1
     if kind is DAY:
         return day
     if kind is WEEK:
         return (day + _EPOCH_WEEKDAY_OFFSET_DAYS) // 7
-    return _month_number(time_ms) // _months_per_window(kind)
+    return _month_number(day * DAY_MS) // _months_per_window(kind)
 
 
 def last_containing(kind: WindowKind, time_ms: int) -> int:

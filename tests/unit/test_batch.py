@@ -517,12 +517,12 @@ REFERENCE_CASES = {
         ],
         "basic",
     ),
-    "purchase only: segment just after the first event in the window": (
+    "purchase only: segment just after the first purchase in the window": (
         [
             ev("a", "activity", "2026-01-02", plan="free"),
             ev("a", "purchase", "2026-01-05", amount=1, plan="vip"),
         ],
-        "free",
+        "vip",
     ),
     "attributes carried by an earlier event stay": (
         [
