@@ -16,7 +16,7 @@ DAY_MS: Final = 86_400_000
 _EPOCH_WEEKDAY_OFFSET_DAYS: Final = 3  # 1970-01-01 was a Thursday; ISO weeks start Monday
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # singletons: identity hash, cheap in caches
 class WindowKind:
     name: str
     rolling_days: int = 0  # 0 for calendar kinds
