@@ -18,7 +18,19 @@ from typing import Any
 from stream.contributions import Deltas, changed_deltas
 from stream.events import EventType, LifecycleEvent
 from stream.formulas import ZERO, add
-from stream.lifecycle import Timeline, build_timeline, ordered_unique, pending_expiry_ms
+from stream.lifecycle import (
+    Base,
+    Timeline,
+    build_timeline,
+    fold,
+    ordered_unique,
+    pending_expiry_ms,
+)
+from stream.windows import DAY_MS
+
+# Retention keeps the events of this long before the oldest accepted time: the longest
+# window (a leap year) reaching back from it must still see its true start state.
+FOLD_MARGIN_MS = 367 * DAY_MS
 
 
 def partition_for(customer_id: str, partitions: int) -> int:
@@ -50,6 +62,7 @@ class BatchOutcome:
     deltas: Deltas
     applied: int = 0
     duplicates: int = 0
+    beyond_retention: int = 0  # older than the retention horizon: counted, not applied
 
 
 def _merge_deltas(target: Deltas, changes: Deltas) -> None:
@@ -77,28 +90,37 @@ _BARE_TYPES = frozenset({EventType.ACTIVITY, EventType.RENEWED})
 
 @dataclass(slots=True)
 class History:
-    """A customer's stored history: the events that may matter, the ids of the rest, and
-    the watermark its contributions were last computed with."""
+    """A customer's stored history: the events that may matter, the ids (with times) of
+    the rest, the watermark its contributions were last computed with, and the base that
+    retention folded older events into."""
 
     events: list[LifecycleEvent]
-    bare_ids: list[str]
+    bare: list[tuple[int, str]]
     watermark_ms: int | None
+    base: Base | None = None
 
     def seen(self) -> set[str]:
-        return {event.event_id for event in self.events} | set(self.bare_ids)
+        return {event.event_id for event in self.events} | {event_id for _, event_id in self.bare}
 
     def to_stored(self) -> dict[str, Any]:
         return {
             "e": [event_to_row(e) for e in self.events],
-            "i": self.bare_ids,
+            "i": [list(pair) for pair in self.bare],
             "w": self.watermark_ms,
+            "b": None if self.base is None else self.base.to_list(),
         }
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any] | None) -> History:
         if stored is None:
             return cls([], [], None)
-        return cls([event_from_row(row) for row in stored["e"]], stored["i"], stored["w"])
+        base = stored.get("b")
+        return cls(
+            [event_from_row(row) for row in stored["e"]],
+            [(int(time_ms), event_id) for time_ms, event_id in stored["i"]],
+            stored["w"],
+            None if base is None else Base.from_list(base),
+        )
 
 
 class CustomerStage:
@@ -109,22 +131,52 @@ class CustomerStage:
         store: MutableMapping[str, Any],
         dimensions: tuple[str, ...],
         inactivity_days: int | None,
+        retention_days: int | None = None,
     ) -> None:
         self._store = store
         self._dimension_count = len(dimensions)
         self._inactivity_days = inactivity_days
+        self._retention_ms = None if retention_days is None else retention_days * DAY_MS
         self._expiries: list[tuple[int, str]] = []  # activity mode: (expiry, customer)
 
-    def _timeline(self, events: list[LifecycleEvent], watermark_ms: int | None) -> Timeline:
-        return build_timeline(events, self._dimension_count, self._inactivity_days, watermark_ms)
+    def _timeline(self, history: History) -> Timeline:
+        return build_timeline(
+            history.events,
+            self._dimension_count,
+            self._inactivity_days,
+            history.watermark_ms,
+            history.base,
+        )
+
+    def oldest_accepted_ms(self, watermark_ms: int | None) -> int | None:
+        """Events older than this are beyond retention: they can no longer be applied."""
+        if self._retention_ms is None or watermark_ms is None:
+            return None
+        return watermark_ms - self._retention_ms
+
+    def _pruned(self, history: History) -> History:
+        """Fold what no accepted event can affect any more (README, Guarantees)."""
+        oldest = self.oldest_accepted_ms(history.watermark_ms)
+        if oldest is None:
+            return history
+        cutoff = oldest - FOLD_MARGIN_MS  # the longest window reaching back from `oldest`
+        if history.base is not None and history.base.time_ms >= cutoff:
+            return history
+        folded = [e for e in history.events if e.time_ms < cutoff]
+        if not folded and not any(time_ms < cutoff for time_ms, _ in history.bare):
+            return history
+        base = fold(history.base, folded, cutoff, self._dimension_count, self._inactivity_days)
+        return History(
+            [e for e in history.events if e.time_ms >= cutoff],
+            [(time_ms, i) for time_ms, i in history.bare if time_ms >= cutoff],
+            history.watermark_ms,
+            base,
+        )
 
     def _update(self, customer_id: str, old: History, new: History) -> Deltas:
-        changes = changed_deltas(
-            self._timeline(old.events, old.watermark_ms),
-            self._timeline(new.events, new.watermark_ms),
-        )
-        self._store[customer_id] = new.to_stored()
-        expiry = pending_expiry_ms(new.events, self._inactivity_days, new.watermark_ms)
+        changes = changed_deltas(self._timeline(old), self._timeline(new))
+        self._store[customer_id] = self._pruned(new).to_stored()
+        expiry = pending_expiry_ms(new.events, self._inactivity_days, new.watermark_ms, new.base)
         if expiry is not None:
             heapq.heappush(self._expiries, (expiry, customer_id))
         return changes
@@ -137,22 +189,26 @@ class CustomerStage:
             by_customer.setdefault(event.customer_id, []).append(event)
         outcome = BatchOutcome({})
         activity_mode = self._inactivity_days is not None
+        oldest = self.oldest_accepted_ms(watermark_ms)
         for customer_id, arrived in by_customer.items():
             old = History.from_stored(self._store.get(customer_id))
             seen = old.seen()
             fresh = ordered_unique(e for e in arrived if e.event_id not in seen)
             outcome.duplicates += len(arrived) - len(fresh)
+            if oldest is not None:
+                outcome.beyond_retention += sum(1 for e in fresh if e.time_ms < oldest)
+                fresh = [e for e in fresh if e.time_ms >= oldest]
             outcome.applied += len(fresh)
             if not fresh:
                 continue
-            bare = [e.event_id for e in fresh if _never_matters(e, activity_mode)]
+            bare = [(e.time_ms, e.event_id) for e in fresh if _never_matters(e, activity_mode)]
             mattering = [e for e in fresh if not _never_matters(e, activity_mode)]
-            new = History(old.events, old.bare_ids + bare, watermark_ms)
             if not mattering:
-                new.watermark_ms = old.watermark_ms
-                self._store[customer_id] = new.to_stored()
+                new = History(old.events, old.bare + bare, old.watermark_ms, old.base)
+                self._store[customer_id] = self._pruned(new).to_stored()
                 continue
-            new.events = ordered_unique([*old.events, *mattering])
+            events = ordered_unique([*old.events, *mattering])
+            new = History(events, old.bare + bare, watermark_ms, old.base)
             _merge_deltas(outcome.deltas, self._update(customer_id, old, new))
         _merge_deltas(outcome.deltas, self.expire(watermark_ms))
         return outcome
@@ -163,9 +219,12 @@ class CustomerStage:
         while watermark_ms is not None and self._expiries and self._expiries[0][0] <= watermark_ms:
             expiry, customer_id = heapq.heappop(self._expiries)
             old = History.from_stored(self._store.get(customer_id))
-            if pending_expiry_ms(old.events, self._inactivity_days, old.watermark_ms) != expiry:
+            pending = pending_expiry_ms(
+                old.events, self._inactivity_days, old.watermark_ms, old.base
+            )
+            if pending != expiry:
                 continue  # stale: the history changed since this expiry was scheduled
-            new = History(old.events, old.bare_ids, watermark_ms)
+            new = History(old.events, old.bare, watermark_ms, old.base)
             _merge_deltas(changes, self._update(customer_id, old, new))
         return changes
 
@@ -176,7 +235,9 @@ class CustomerStage:
             return
         for customer_id in list(self._store.keys()):
             history = History.from_stored(self._store.get(customer_id))
-            expiry = pending_expiry_ms(history.events, self._inactivity_days, history.watermark_ms)
+            expiry = pending_expiry_ms(
+                history.events, self._inactivity_days, history.watermark_ms, history.base
+            )
             if expiry is not None:
                 self._expiries.append((expiry, customer_id))
         heapq.heapify(self._expiries)

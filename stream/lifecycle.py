@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.events import EventType, LifecycleEvent
 from stream.windows import DAY_MS
@@ -39,6 +40,7 @@ class Timeline:
     first_activation_ms: int | None = field(init=False)
     purchase_times: list[int] = field(init=False)
     purchase_amount_prefix: list[int] = field(init=False)
+    purchases_folded: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.times = [step.time_ms for step in self.steps]
@@ -53,6 +55,12 @@ class Timeline:
                 self.purchase_amount_prefix.append(
                     self.purchase_amount_prefix[-1] + step.purchase_micros
                 )
+
+    def rebase(self, base: Base) -> None:
+        """Account for what the folded history still decides (first activation, purchases)."""
+        if base.first_activation_ms is not None:
+            self.first_activation_ms = base.first_activation_ms
+        self.purchases_folded = base.purchases
 
     def state_before(self, boundary_ms: int) -> Step:
         index = bisect_left(self.times, boundary_ms) - 1
@@ -78,7 +86,7 @@ class Timeline:
         return high - low, prefix[high] - prefix[low]
 
     def purchases_before(self, boundary_ms: int) -> int:
-        return bisect_left(self.purchase_times, boundary_ms)
+        return self.purchases_folded + bisect_left(self.purchase_times, boundary_ms)
 
     def first_difference_ms(self, other: Timeline) -> int | None:
         """The earliest time at which the two timelines differ (None if identical)."""
@@ -105,69 +113,176 @@ def _activates(event: LifecycleEvent, active: bool, activity_mode: bool) -> bool
     return activity_mode or event.type in _ACTIVATING
 
 
+@dataclass(frozen=True, slots=True)
+class Base:
+    """Everything the events before `time_ms` (folded away by retention) still decide."""
+
+    time_ms: int
+    active: bool
+    latest_mrr: int
+    segment: Segment
+    first_activation_ms: int | None
+    last_event_ms: int | None
+    last_was_churn: bool
+    purchases: int
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.time_ms,
+            self.active,
+            self.latest_mrr,
+            list(self.segment),
+            self.first_activation_ms,
+            self.last_event_ms,
+            self.last_was_churn,
+            self.purchases,
+        ]
+
+    @classmethod
+    def from_list(cls, values: list[Any]) -> Base:
+        time_ms, active, mrr, segment, first, last, churn, purchases = values
+        return cls(time_ms, active, mrr, tuple(segment), first, last, churn, purchases)
+
+
+class Replay:
+    """The lifecycle state machine (README, Lifecycle), one event at a time."""
+
+    def __init__(
+        self, dimension_count: int, inactivity_days: int | None, base: Base | None
+    ) -> None:
+        self.inactivity_ms = None if inactivity_days is None else inactivity_days * DAY_MS
+        self.segment: list[str | None] = list(base.segment) if base else [None] * dimension_count
+        self.active = base.active if base else False
+        self.latest_mrr = base.latest_mrr if base else 0
+        self.first_activation_ms = base.first_activation_ms if base else None
+        self.last_event_ms = base.last_event_ms if base else None
+        self.last_was_churn = base.last_was_churn if base else False
+        self.purchases = base.purchases if base else 0
+        self.state = Step(0, self.active, self.mrr, tuple(self.segment), None)
+
+    @property
+    def mrr(self) -> int:
+        return self.latest_mrr if self.active else 0
+
+    def expiry_ms(self) -> int | None:
+        if self.inactivity_ms is None or not self.active or self.last_event_ms is None:
+            return None
+        return self.last_event_ms + self.inactivity_ms
+
+    def advance_to(self, time_ms: int) -> Step | None:
+        """Activity mode: the expiry step if the customer went inactive before `time_ms`."""
+        expiry = self.expiry_ms()
+        if expiry is not None and time_ms >= expiry:
+            return self.expire(expiry)
+        return None
+
+    def expire(self, expiry_ms: int) -> Step:
+        self.active = False
+        self.state = Step(expiry_ms, False, 0, tuple(self.segment), None)
+        return self.state
+
+    def apply(self, event: LifecycleEvent) -> Step | None:
+        """Apply one event (after `advance_to`); returns the new step, or None when nothing
+        that matters changed."""
+        for position, value in enumerate(event.segment):
+            if value is not None:
+                self.segment[position] = value
+        if event.mrr_micros is not None:
+            self.latest_mrr = event.mrr_micros
+        first_activation: bool | None = None
+        if _activates(event, self.active, self.inactivity_ms is not None):
+            self.active = True
+            first_activation = self.first_activation_ms is None
+            if first_activation:
+                self.first_activation_ms = event.time_ms
+        elif event.type is EventType.CHURNED:
+            self.active = False
+        if event.amount_micros is not None:
+            self.purchases += 1
+        self.last_event_ms = event.time_ms
+        self.last_was_churn = event.type is EventType.CHURNED
+        current = (self.active, self.mrr, tuple(self.segment))
+        previous = (self.state.active, self.state.mrr_micros, self.state.segment)
+        if current == previous and first_activation is None and event.amount_micros is None:
+            return None
+        self.state = Step(event.time_ms, *current, first_activation, event.amount_micros)
+        return self.state
+
+    def base_at(self, time_ms: int) -> Base:
+        self.advance_to(time_ms - 1)  # an expiry strictly before the cutoff is folded too
+        return Base(
+            time_ms,
+            self.active,
+            self.latest_mrr,
+            tuple(self.segment),
+            self.first_activation_ms,
+            self.last_event_ms,
+            self.last_was_churn,
+            self.purchases,
+        )
+
+
 def build_timeline(
     events: Sequence[LifecycleEvent],
     dimension_count: int,
     inactivity_days: int | None,
     watermark_ms: int | None,
+    base: Base | None = None,
 ) -> Timeline:
-    """Replay `events` (already ordered and unique) into a timeline.
+    """Replay `events` (already ordered and unique, all at or after `base`) into a timeline.
 
     In activity mode the trailing expiry (after the last event) is only part of the
     timeline once `watermark_ms` has reached it.
     """
-    inactivity_ms = None if inactivity_days is None else inactivity_days * DAY_MS
-    segment: list[str | None] = [None] * dimension_count
-    initial = Step(0, False, 0, tuple(segment), None)
+    replay = Replay(dimension_count, inactivity_days, base)
+    initial = replay.state
     steps: list[Step] = []
-    state = initial
-    active = ever_activated = False
-    latest_mrr = 0
-    last_time: int | None = None
     for event in events:
-        if inactivity_ms is not None and active and last_time is not None:
-            expiry = last_time + inactivity_ms
-            if event.time_ms >= expiry:
-                state = Step(expiry, False, 0, tuple(segment), None)
-                steps.append(state)
-                active = False
-        for position, value in enumerate(event.segment):
-            if value is not None:
-                segment[position] = value
-        if event.mrr_micros is not None:
-            latest_mrr = event.mrr_micros
-        first_activation: bool | None = None
-        if _activates(event, active, inactivity_ms is not None):
-            active = True
-            first_activation = not ever_activated
-            ever_activated = True
-        elif event.type is EventType.CHURNED:
-            active = False
-        mrr = latest_mrr if active else 0
-        changed = (active, mrr, tuple(segment)) != (state.active, state.mrr_micros, state.segment)
-        if changed or first_activation is not None or event.amount_micros is not None:
-            state = Step(
-                event.time_ms, active, mrr, tuple(segment), first_activation, event.amount_micros
-            )
-            steps.append(state)
-        last_time = event.time_ms
-    if inactivity_ms is not None and active and last_time is not None:
-        expiry = last_time + inactivity_ms
-        if watermark_ms is not None and expiry <= watermark_ms:
-            steps.append(Step(expiry, False, 0, tuple(segment), None))
-    return Timeline(steps, initial)
+        for step in (replay.advance_to(event.time_ms), replay.apply(event)):
+            if step is not None:
+                steps.append(step)
+    expiry = replay.expiry_ms()
+    if expiry is not None and watermark_ms is not None and expiry <= watermark_ms:
+        steps.append(replay.expire(expiry))
+    timeline = Timeline(steps, initial)
+    if base is not None:
+        timeline.rebase(base)
+    return timeline
+
+
+def fold(
+    base: Base | None,
+    events: Sequence[LifecycleEvent],
+    cutoff_ms: int,
+    dimension_count: int,
+    inactivity_days: int | None,
+) -> Base:
+    """The base at `cutoff_ms` after folding `events` (all before it) into `base`."""
+    replay = Replay(dimension_count, inactivity_days, base)
+    for event in events:
+        replay.advance_to(event.time_ms)
+        replay.apply(event)
+    return replay.base_at(cutoff_ms)
 
 
 def pending_expiry_ms(
-    events: Sequence[LifecycleEvent], inactivity_days: int | None, watermark_ms: int | None
+    events: Sequence[LifecycleEvent],
+    inactivity_days: int | None,
+    watermark_ms: int | None,
+    base: Base | None = None,
 ) -> int | None:
     """The trailing expiry the watermark has not reached yet, if any."""
-    if inactivity_days is None or not events:
+    if inactivity_days is None:
         return None
-    last = events[-1]
-    if last.type is EventType.CHURNED:
+    if events:
+        last_ms, churned = events[-1].time_ms, events[-1].type is EventType.CHURNED
+    elif base is not None and base.last_event_ms is not None and base.active:
+        last_ms, churned = base.last_event_ms, base.last_was_churn
+    else:
         return None
-    expiry = last.time_ms + inactivity_days * DAY_MS
+    if churned:
+        return None
+    expiry = last_ms + inactivity_days * DAY_MS
     if watermark_ms is not None and expiry <= watermark_ms:
         return None
     return expiry

@@ -47,11 +47,12 @@ class LocalPipeline:
         partitions: int = 4,
         grace_seconds: int = 3600,
         max_segments: int = 50,
+        retention_days: int | None = None,
     ) -> None:
         self.dimensions = dimensions
         self.partitions = partitions
         self.customers = [
-            CustomerPartition(CustomerStage({}, dimensions, inactivity_days))
+            CustomerPartition(CustomerStage({}, dimensions, inactivity_days, retention_days))
             for _ in range(partitions)
         ]
         self.aggregator = Aggregator(
