@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)  ## Create .venv and install churn-stream with its test tools
+	@sh scripts/install-system-deps.sh
+	@[ -d tests/deploy/crd_validator/node_modules ] || npm ci --prefix tests/deploy/crd_validator \
+		--no-audit --no-fund --loglevel=error
 
 demo: setup  ## Embedded broker + worker + simulator + live metrics (ARGS="--duration 60")
 	$(BIN)/churn-stream demo $(ARGS)

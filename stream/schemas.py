@@ -14,11 +14,13 @@ from pydantic import BaseModel
 
 from stream.events import CustomerEvent
 from stream.records import MetricRecord
+from stream.spikes import SpikeAlert
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 CONTRACTS: dict[str, type[BaseModel]] = {
     "customer-event.schema.json": CustomerEvent,
     "metric-record.schema.json": MetricRecord,
+    "churn-alert.schema.json": SpikeAlert,
 }
 
 
