@@ -8,7 +8,7 @@ no gauge is kept for windows that are no longer open. No customer id is ever a l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -17,10 +17,10 @@ from prometheus_client.registry import Collector
 
 from stream import windows
 from stream.aggregation import Aggregator
-from stream.formulas import INDEX, derived_metrics
+from stream.formulas import INDEX, derived_metrics, published_counts
 
-# gauge name -> (help, how to read it from counts and derived metrics)
-_COUNT_GAUGES = {
+# gauge name -> (help, record field): read from the published counts and derived metrics
+_WINDOW_GAUGES = {
     "churn_customers_start": (
         "Customers active at the start of the open window.",
         "customers_start",
@@ -35,8 +35,21 @@ _COUNT_GAUGES = {
         "Returned customers in the open window.",
         "reactivated_customers",
     ),
-}
-_RATIO_GAUGES = {
+    "churn_mrr_start": ("MRR at the start of the open window.", "mrr_start"),
+    "churn_mrr_end": ("MRR at the end (so far) of the open window.", "mrr_end"),
+    "churn_new_mrr": ("MRR of the new customers.", "new_mrr"),
+    "churn_expansion_mrr": ("MRR increases of customers active at start and end.", "expansion_mrr"),
+    "churn_contraction_mrr": (
+        "MRR decreases of customers active at start and end.",
+        "contraction_mrr",
+    ),
+    "churn_churned_mrr": ("MRR at start of the churned customers.", "churned_mrr"),
+    "churn_reactivation_mrr": ("MRR of the reactivated customers.", "reactivation_mrr"),
+    "churn_purchasing_customers": (
+        "Customers with a purchase in the open window.",
+        "purchasing_customers",
+    ),
+    "churn_purchases": ("Purchases in the open window.", "purchases"),
     "churn_customer_churn_ratio": ("Churn rate of the open window.", "churn_rate"),
     "churn_customer_retention_ratio": ("Retention rate of the open window.", "retention_rate"),
     "churn_net_growth_ratio": ("Net growth of the open window.", "net_growth_rate"),
@@ -53,6 +66,14 @@ _RATIO_GAUGES = {
         "Churn of the open window rescaled to a month.",
         "monthly_churn_rate",
     ),
+    "churn_average_purchase_value": (
+        "Mean purchase amount in the open window.",
+        "average_purchase_value",
+    ),
+    "churn_customer_lifetime_value": (
+        "CLV from the open window (README).",
+        "customer_lifetime_value",
+    ),
 }
 _WINDOW_LABELS = ("window", "dimension", "segment")
 
@@ -60,8 +81,13 @@ _WINDOW_LABELS = ("window", "dimension", "segment")
 class WindowCollector(Collector):
     """Gauges of the open window of every kind, read from the aggregator per scrape."""
 
-    def __init__(self, aggregator: Callable[[], Aggregator | None]) -> None:
+    def __init__(
+        self,
+        aggregator: Callable[[], Aggregator | None],
+        spike_scores: Callable[[], Iterable[tuple[str, str, str, float]]] = tuple,
+    ) -> None:
         self._aggregator = aggregator
+        self._spike_scores = spike_scores
 
     def describe(self) -> list[Metric]:
         return []
@@ -69,8 +95,15 @@ class WindowCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         families = {
             name: GaugeMetricFamily(name, help_text, labels=_WINDOW_LABELS)
-            for name, (help_text, _) in {**_COUNT_GAUGES, **_RATIO_GAUGES}.items()
+            for name, (help_text, _) in _WINDOW_GAUGES.items()
         }
+        spikes = GaugeMetricFamily(
+            "churn_spike_score",
+            "How abnormal the latest day's churn is against its own baseline (z-like).",
+            labels=_WINDOW_LABELS,
+        )
+        for window, dimension, segment, score in self._spike_scores():
+            spikes.add_metric([window, dimension, segment], score)
         active = GaugeMetricFamily(
             "churn_active_customers",
             "Customers active now (end of the open day window), by segment.",
@@ -82,6 +115,7 @@ class WindowCollector(Collector):
                 self._collect_dimension(aggregator, dimension, families, active)
         yield from families.values()
         yield active
+        yield spikes
 
     def _collect_dimension(
         self,
@@ -97,11 +131,12 @@ class WindowCollector(Collector):
             for segment in aggregator.segments(dimension, kind.name):
                 counts = aggregator.window_counts(dimension, kind.name, segment, k)
                 labels = [kind.name, dimension, segment]
-                for name, (_, field) in _COUNT_GAUGES.items():
-                    families[name].add_metric(labels, counts[INDEX[field]])
-                derived = derived_metrics(counts, windows.window_days(kind, k))
-                for name, (_, field) in _RATIO_GAUGES.items():
-                    value = derived[field]
+                values = {
+                    **published_counts(counts),
+                    **derived_metrics(counts, windows.window_days(kind, k)),
+                }
+                for name, (_, field) in _WINDOW_GAUGES.items():
+                    value = values[field]
                     if value is not None:
                         families[name].add_metric(labels, value)
                 if kind is windows.DAY:

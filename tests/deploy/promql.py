@@ -15,8 +15,8 @@ RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 
 # Series Prometheus itself provides.
 PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
-# Exposed once the spike detector (stream/spikes.py) is wired into the worker.
-PENDING_WORKER_METRICS = frozenset({"churn_spike_score"})
+# Metrics the worker will expose but does not yet (none today).
+PENDING_WORKER_METRICS: frozenset[str] = frozenset()
 
 _KEYWORDS = frozenset(
     {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}

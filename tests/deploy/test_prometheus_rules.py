@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from stream.local_pipeline import LocalPipeline
 from stream.observability import Metrics, WindowCollector
 from stream.simulator import SimulationConfig, generate_events
+from stream.spikes import SpikeDetector
 from tests.deploy.promql import (
     DEPLOY,
     PENDING_WORKER_METRICS,
@@ -143,11 +144,13 @@ def test_the_prometheusrule_carries_the_same_groups():
 def _worker_exposition() -> bytes:
     """What a worker's /metrics serves after a simulated history (same collectors)."""
     pipeline = LocalPipeline(dimensions=("plan",), partitions=2)
-    config = SimulationConfig(customers=200, start=date(2026, 1, 1), days=20, seed=3)
-    pipeline.run([[orjson.dumps(event) for event in generate_events(config)]])
+    config = SimulationConfig(customers=400, start=date(2026, 1, 1), days=45, seed=3)
+    latest = pipeline.run([[orjson.dumps(event) for event in generate_events(config)]])
+    detector = SpikeDetector()
+    detector.observe_flush(latest.values(), latest)
     registry = CollectorRegistry()
     metrics = Metrics.create(registry)
-    registry.register(WindowCollector(lambda: pipeline.aggregator))
+    registry.register(WindowCollector(lambda: pipeline.aggregator, detector.scores))
     metrics.events.labels(type="churned").inc()
     metrics.invalid_events.labels(reason="not_json").inc()
     metrics.consumer_lag.labels(partition="0").set(3)
