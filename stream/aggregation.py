@@ -171,6 +171,18 @@ class Aggregator:
                 total = add(total, counts)
         return total
 
+    def record(
+        self, dimension: str, kind: windows.WindowKind, segment: str, k: int
+    ) -> dict[str, object]:
+        """The current record of one window (as flush would emit it, revision aside)."""
+        meta = self.meta(dimension)
+        watermark = meta.watermark_ms
+        final = watermark is not None and windows.end_ms(kind, k) + self._grace_ms <= watermark
+        counts = self.window_counts(dimension, kind.name, segment, k)
+        return build_record(
+            kind, k, dimension, segment, counts, final=final, revision=0, watermark_ms=watermark
+        )
+
     def segments(self, dimension: str, kind: str) -> list[str]:
         return sorted(s for (d, kd, s) in self._series if d == dimension and kd == kind)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from stream.aggregation import Aggregator, by_dimension
+from stream.alerting import SpikeAlerts
 from stream.customers import CustomerStage
 from stream.routing import (
     InputRecord,
@@ -19,6 +20,7 @@ from stream.routing import (
     encode_deltas,
     route_batch,
 )
+from stream.spikes import SpikeAlert
 
 FAR_FUTURE_MS = 10**15
 
@@ -59,6 +61,8 @@ class LocalPipeline:
             {}, {}, {}, grace_ms=grace_seconds * 1000, max_segments=max_segments
         )
         self.latest: dict[str, dict[str, object]] = {}
+        self.spikes = SpikeAlerts({})
+        self.alerts: list[SpikeAlert] = []
         self.input_watermarks: dict[int, int] = {}
         self.rejected: list[str] = []
         self.applied = 0
@@ -90,8 +94,10 @@ class LocalPipeline:
             )
 
     def flush(self) -> None:
-        for key, record in self.aggregator.flush():
-            self.latest[key] = record
+        for dimension in self.aggregator.dimensions():
+            emitted = list(self.aggregator.flush([dimension]))
+            self.latest.update(emitted)
+            self.alerts.extend(self.spikes.observe(dimension, emitted, self.aggregator))
 
     def run(self, batches: Iterable[Sequence[bytes]]) -> dict[str, dict[str, object]]:
         for batch in batches:

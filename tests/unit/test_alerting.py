@@ -1,0 +1,36 @@
+"""Spike alerts through the aggregator's flushes (the worker's wiring, without Kafka)."""
+
+from datetime import UTC, date, datetime
+
+import orjson
+
+from stream.local_pipeline import LocalPipeline
+from stream.simulator import SimulationConfig, Spike, generate_events
+
+SPIKE_START = date(2026, 3, 20)
+
+
+def run(spikes: tuple[Spike, ...]) -> LocalPipeline:
+    config = SimulationConfig(
+        customers=4000, start=date(2026, 1, 1), days=100, seed=11, spikes=spikes
+    )
+    raw = [orjson.dumps(event) for event in generate_events(config)]
+    pipeline = LocalPipeline(dimensions=("plan",))
+    pipeline.run([raw[i : i + 2000] for i in range(0, len(raw), 2000)])
+    return pipeline
+
+
+def test_an_injected_spike_fires_within_a_day_and_resolves_and_a_quiet_run_stays_quiet():
+    spiked = run((Spike(SPIKE_START, 4, 6.0),))
+    firing = [a for a in spiked.alerts if a.status == "firing" and a.dimension == "all"]
+    assert firing, "the spike was not detected"
+    first = min(a.first_seen for a in firing)
+    start = datetime(SPIKE_START.year, SPIKE_START.month, SPIKE_START.day, tzinfo=UTC)
+    assert start <= first < start.replace(day=start.day + 1)
+    resolved = [a for a in spiked.alerts if a.status == "resolved" and a.dimension == "all"]
+    assert resolved and max(a.day for a in resolved) > first
+    scores = {(w, d, s): v for w, d, s, v in spiked.spikes.scores()}
+    assert ("day", "all", "all") in scores and ("rolling_7d", "plan", "pro") in scores
+
+    quiet = run(())
+    assert [a for a in quiet.alerts if a.status == "firing"] == []
