@@ -46,9 +46,15 @@ class RoutedBatch:
         return sum(len(events) for events in self.by_partition.values())
 
 
-def _check_future(event: LifecycleEvent, now_ms: int, max_future_ms: int) -> None:
+def _check_time(
+    event: LifecycleEvent, now_ms: int, max_future_ms: int, oldest_ms: int | None
+) -> None:
     if event.time_ms > now_ms + max_future_ms:
         raise InvalidEventError("too_far_in_future", "occurred_at is beyond the allowed clock skew")
+    if oldest_ms is not None and event.time_ms < oldest_ms:
+        raise InvalidEventError(
+            "beyond_retention", "occurred_at is older than the watermark minus the retention"
+        )
 
 
 def route_batch(
@@ -57,6 +63,7 @@ def route_batch(
     partitions: int,
     now_ms: int,
     max_future_ms: int,
+    oldest_ms: int | None = None,
 ) -> RoutedBatch:
     routed = RoutedBatch()
     for record in records:
@@ -64,7 +71,7 @@ def route_batch(
             if record.value is None:
                 raise InvalidEventError("empty_message", "the message has no value")
             event = decode_event(record.value, dimensions)
-            _check_future(event, now_ms, max_future_ms)
+            _check_time(event, now_ms, max_future_ms, oldest_ms)
         except InvalidEventError as error:
             routed.rejected.append(Rejected(record, error.reason, error.detail))
             continue

@@ -57,3 +57,20 @@ def test_segment_values_over_the_cap_go_to_other():
     other = latest["month/plan/other/2026-02-01T00:00:00+00:00"]
     assert other["new_customers"] == 2
     assert latest[FEB]["new_customers"] == 4
+
+
+def test_ingest_dead_letters_events_beyond_retention():
+    from stream.routing import InputRecord, route_batch
+
+    old = event("a", "activity", iso(2026, 1, 1))
+    recent = event("a", "activity", iso(2026, 3, 1))
+    routed = route_batch(
+        [InputRecord(0, 0, old), InputRecord(0, 1, recent)],
+        (),
+        partitions=2,
+        now_ms=10**15,
+        max_future_ms=0,
+        oldest_ms=1771000000000,  # 2026-02-13
+    )
+    assert [r.reason for r in routed.rejected] == ["beyond_retention"]
+    assert routed.valid == 1
