@@ -15,6 +15,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("Backfill events from a JSON Lines file.", "stream.replay"),
     "batch": ("Compute the metrics offline from a JSON Lines file.", "stream.batch"),
     "demo": ("Broker + worker + simulator + live metrics view.", "stream.demo"),
+    "bench": ("Measure throughput, latency, memory and recovery.", "stream.bench"),
 }
 
 

@@ -1,0 +1,74 @@
+"""A tiny `churn-stream bench` end to end: every phase runs and the JSON is complete.
+
+Speed targets are measured by the benchmark, never asserted here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+
+EVENTS = 3000
+
+
+def test_tiny_bench_writes_complete_results(tmp_path):
+    path = tmp_path / "bench.json"
+    command = [
+        sys.executable,
+        "-m",
+        "stream.cli",
+        "bench",
+        "--events",
+        str(EVENTS),
+        "--latency-seconds",
+        "3",
+        "--rate",
+        "100",
+        "--drain-seconds",
+        "30",
+        "--verify",
+        "--store",
+        "memory://",
+        "--session-timeout-seconds",
+        "4",
+        "--emit-interval-seconds",
+        "0.5",
+        "--timeout",
+        "120",
+        "--json",
+        str(path),
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "churn-stream bench" in done.stdout and "worker / limit" in done.stdout
+
+    data = orjson.loads(path.read_bytes())
+    assert data["error"] is None
+    assert data["machine"]["cores"] == os.cpu_count()
+    assert data["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    setup = data["setup"]
+    assert setup["events"] == EVENTS
+    assert 0 < setup["customers"] <= EVENTS
+    assert (setup["partitions"], setup["workers"], setup["store"]) == (4, 1, "memory://")
+
+    for phase in ("production", "limit", "worker"):
+        assert data[phase]["events"] == EVENTS
+        assert data[phase]["seconds"] > 0 and data[phase]["events_per_second"] > 0
+    worker = data["worker"]
+    assert worker["ratio_to_limit"] > 0
+    assert worker["verified"] is True and worker["differences"] == []
+    assert 0 <= worker["read_seconds"] <= worker["seconds"]
+
+    latency = data["latency"]
+    assert latency["markers"] > 0 and latency["achieved_rate"] > 0
+    assert 0 <= latency["p50_seconds"] <= latency["p99_seconds"] <= latency["max_seconds"]
+    assert data["memory"]["peak_rss_mb"] > 0
+
+    recovery = data["recovery"]
+    assert recovery["exit_codes"] == [0]
+    assert 0 < recovery["first_consumed_seconds"] <= recovery["seconds"]
