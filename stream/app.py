@@ -2,33 +2,118 @@
 
 The agents stay thin: decode a message, call the domain (`CustomerStage`, `Aggregator`),
 send the result. Nothing happens at import time.
+
+Exactly-once effect without transactions. faust's own offset commits are only a hint
+here: faust acks (and may commit past) messages it skipped during a rebalance or whose
+handler raised, and it commits offsets without waiting for the table writes those
+messages caused. So each stage keeps its own position, in its own table (same changelog
+partition as the state it guards, written after that state):
+
+- customers: before sending the differences of customer-batch message X, a write-ahead
+  record `{offset: X, deltas}` is written and acknowledged. On the first message of a
+  partition after a (re)assignment, the recorded X is redone: its events are re-applied
+  (by event_id, so whatever part of X's history writes survived is kept, the rest
+  written) and the recorded differences are re-sent unchanged, so that the segment
+  stage's per-(source partition, offset) check makes each entry count them exactly once.
+- segments: the position is written after the entries of each message.
+- both: a message at or below the position is skipped; a message beyond position + 1 means
+  the consumer skipped something, which is read back from Kafka and applied first, in
+  order.
+Every table write is acknowledged before the message counts as processed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import time
+import zlib
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 
 from stream.aggregation import Aggregator, by_dimension
 from stream.customers import CustomerStage, partition_for
+from stream.events import MAX_ID_LENGTH
 from stream.ingest import Ingest
-from stream.kafka_config import faust_credentials
+from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
-from stream.observability import Metrics, WindowCollector
+from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector
 from stream.records import encode_record
 from stream.routing import decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 TICK = b"tick"
+
+# Keys of the stages' own bookkeeping inside their tables. Longer than any customer id
+# and without the aggregate entries' separator, so they can never collide with data.
+RESERVED_PREFIX: Final = "\x00churn-stream\x00" + "~" * MAX_ID_LENGTH
+REFETCH_TIMEOUT_S: Final = 60.0
+
+
+def position_key(partition: int) -> str:
+    return f"{RESERVED_PREFIX}position/{partition}"
+
+
+def is_reserved(key: object) -> bool:
+    return isinstance(key, str) and key.startswith(RESERVED_PREFIX)
+
+
+class DurableTable(faust.Table):  # type: ignore[misc]
+    """A faust table whose changelog writes can be awaited (`acknowledged`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unacknowledged: list[Any] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)
+        self._unacknowledged.append(future)
+        return future
+
+    async def acknowledged(self) -> None:
+        """Wait until every changelog write made so far is acknowledged by the broker."""
+        pending, self._unacknowledged = self._unacknowledged, []
+        for future in pending:
+            await future
+
+
+class WithoutReserved(MutableMapping[str, Any]):
+    """A table seen without the bookkeeping keys (what the domain objects get)."""
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self._table = table
+
+    def __getitem__(self, key: str) -> Any:
+        return self._table[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._table[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key in self._table if not is_reserved(key))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._table.get(key, default)
 
 
 class BufferedStore(MutableMapping[str, Any]):
@@ -66,6 +151,65 @@ class BufferedStore(MutableMapping[str, Any]):
             self._table[key] = value
         self._pending.clear()
 
+    def discard(self) -> None:
+        self._pending.clear()
+
+
+class Refetcher:
+    """Reads back internal messages the faust consumer skipped (own aiokafka consumer)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **aiokafka_options(self._settings),
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        async with self._lock:
+            consumer = await self._client()
+            tp = TopicPartition(topic, partition)
+            offsets = await consumer.beginning_offsets([tp])
+            return int(offsets[tp])
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """The messages with start <= offset < end (fewer if retention removed some)."""
+        async with self._lock:
+            consumer = await self._client()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            found: list[Any] = []
+            deadline = time.monotonic() + REFETCH_TIMEOUT_S
+            while time.monotonic() < deadline:
+                batches = await consumer.getmany(tp, timeout_ms=500)
+                for message in batches.get(tp, []):
+                    if message.offset >= end:
+                        return found
+                    if message.offset >= start:
+                        found.append(message)
+                if found and found[-1].offset >= end - 1:
+                    return found
+            raise RuntimeError(
+                f"could not read {topic}[{partition}] offsets {start}..{end - 1} "
+                f"within {REFETCH_TIMEOUT_S:.0f}s"
+            )
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
 
 @dataclass
 class Worker:
@@ -74,12 +218,22 @@ class Worker:
     app: faust.App
     settings: Settings
     metrics: Metrics
+    health: HealthMetrics
     customers: CustomerStage
+    customers_table: DurableTable
     customer_store: BufferedStore
     aggregator: Aggregator
+    aggregate_tables: tuple[DurableTable, DurableTable, DurableTable]
+    emitted_store: BufferedStore
     ingest: Ingest
+    refetcher: Refetcher
     watermarks: dict[int, int] = field(default_factory=dict)
     last_flush: dict[int, float] = field(default_factory=dict)
+    # partition -> last offset this process completed (customers / segments stage)
+    confirmed: dict[str, dict[int, int]] = field(
+        default_factory=lambda: {"customers": {}, "segments": {}}
+    )
+    assigned: dict[str, set[int]] = field(default_factory=dict)
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -93,46 +247,77 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_allow_declare=True,
         web_enabled=True,
         web_host=settings.metrics_host,
+        web_bind=settings.metrics_host,  # faust binds 0.0.0.0 unless told
         web_port=settings.metrics_port,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 10),
         producer_linger=0.005,
+        producer_max_batch_size=settings.producer_max_batch_size,
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=3600.0,
         autodiscover=False,
+        Table=DurableTable,
+    )
+
+
+def _customer_stage(store: MutableMapping[str, Any], settings: Settings) -> CustomerStage:
+    """The customer stage (retention: CHURN_RETENTION_DAYS)."""
+    return CustomerStage(
+        store, settings.dimensions, settings.inactivity_days, settings.retention_days
     )
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     app = _faust_app(settings)
     metrics = Metrics.create(registry or CollectorRegistry())
-    customers_table = app.Table(
-        "customers", default=None, partitions=settings.partitions, key_type=str
+    health = HealthMetrics.create(metrics.registry)
+
+    def table(name: str) -> DurableTable:
+        created = app.Table(name, default=None, partitions=settings.partitions, key_type=str)
+        assert isinstance(created, DurableTable)
+        return created
+
+    customers_table = table("customers")
+    entries, meta, emitted = (
+        table("aggregate-entries"),
+        table("aggregate-meta"),
+        table("aggregate-emitted"),
     )
-    entries = app.Table(
-        "aggregate-entries", default=None, partitions=settings.partitions, key_type=str
-    )
-    meta = app.Table("aggregate-meta", default=None, partitions=settings.partitions, key_type=str)
-    emitted = app.Table(
-        "aggregate-emitted", default=None, partitions=settings.partitions, key_type=str
-    )
-    store = BufferedStore(customers_table)
+    store = BufferedStore(WithoutReserved(customers_table))
+    emitted_store = BufferedStore(emitted)
     worker = Worker(
         app=app,
         settings=settings,
         metrics=metrics,
-        customers=CustomerStage(store, settings.dimensions, settings.inactivity_days),
+        health=health,
+        customers=_customer_stage(store, settings),
+        customers_table=customers_table,
         customer_store=store,
         aggregator=Aggregator(
-            entries,
+            WithoutReserved(entries),
             meta,
-            emitted,
+            emitted_store,
             grace_ms=settings.grace_seconds * 1000,
             max_segments=settings.max_segments,
         ),
-        ingest=Ingest(settings, metrics),
+        aggregate_tables=(entries, meta, emitted),
+        emitted_store=emitted_store,
+        ingest=Ingest(settings, metrics, health),
+        refetcher=Refetcher(settings),
     )
     metrics.registry.register(WindowCollector(lambda: worker.aggregator))
+    metrics.registry.register(
+        TableSizes(
+            {
+                "customers": customers_table,
+                "aggregate-entries": entries,
+                "aggregate-meta": meta,
+                "aggregate-emitted": emitted,
+            },
+            [position_key(partition) for partition in range(settings.partitions)],
+        )
+    )
+    ProcessCollector(registry=metrics.registry)
     _wire(worker)
     return worker
 
@@ -157,12 +342,12 @@ def _wire(worker: Worker) -> None:
     @app.agent(customer_topic, name="customers")
     async def customers(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _on_customer_batch(worker, event, delta_topic)
+            await _guarded(worker, "customers", _on_customer_batch(worker, event, delta_topic))
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _on_deltas(worker, event, output_topic)
+            await _guarded(worker, "segments", _on_deltas(worker, event, output_topic))
 
     @app.task
     async def ingest() -> None:
@@ -180,9 +365,21 @@ def _wire(worker: Worker) -> None:
             await delta_topic.send(value=TICK, partition=partition)
 
     @app.on_rebalance_complete.connect
-    async def reload(sender: Any, **kwargs: Any) -> None:
+    async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for confirmed in worker.confirmed.values():
+            confirmed.clear()
         worker.aggregator.load()
         worker.customers.rebuild_expiries()
+        _report_assignment(worker)
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        for confirmed in worker.confirmed.values():
+            confirmed.clear()
+
+    @app.on_before_shutdown.connect
+    async def closed(sender: Any, *args: Any, **kwargs: Any) -> None:
+        await worker.refetcher.stop()
 
     class MetricsPage(View):
         async def get(self, request: Request) -> Response:
@@ -192,43 +389,213 @@ def _wire(worker: Worker) -> None:
     app.page("/metrics")(MetricsPage)
 
 
+async def _guarded(worker: Worker, stage: str, work: Any) -> None:
+    """Run one message's work; any failure stops the worker. (An exception inside a faust
+    agent would otherwise restart the agent with the message acked, i.e. skipped.)"""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        log.exception("%s stage failed; stopping the worker", stage)
+        await worker.app.crash(error)
+        raise
+
+
 def _assigned(app: faust.App, topic: str) -> list[int]:
     return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
 
 
+def _report_assignment(worker: Worker) -> None:
+    for topic in (worker.settings.customer_topic, worker.settings.delta_topic):
+        partitions = set(_assigned(worker.app, topic))
+        previous = worker.assigned.get(topic, set())
+        if partitions != previous:
+            log.info("assigned %s partitions %s", topic, sorted(partitions))
+        worker.health.set_assignment(topic, partitions, previous)
+        worker.assigned[topic] = partitions
+
+
+# -- customers stage ----------------------------------------------------------------------
+
+
+def _pack(value: bytes) -> str:
+    return base64.b64encode(zlib.compress(value, 1)).decode()
+
+
+def _unpack(value: str) -> bytes:
+    return zlib.decompress(base64.b64decode(value))
+
+
 async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) -> None:
     message = event.message
-    input_watermarks, events = decode_customer_batch(event.value)
+    partition, offset = message.partition, message.offset
+    topic = worker.settings.customer_topic
+    record = worker.customers_table.get(position_key(partition))
+    done = None if record is None else int(record["o"])
+    confirmed = worker.confirmed["customers"]
+    if done is not None and confirmed.get(partition) != done:
+        # First message of this partition since (re)assignment: the last recorded batch
+        # may be half done (differences sent, histories not all written). Finish it.
+        raw = message.value if offset == done else await _read_one(worker, topic, partition, done)
+        await _redo_customer_batch(worker, partition, record, raw, delta_topic)
+    if done is not None and offset <= done:
+        worker.health.redelivered.labels("customers").inc()
+        return
+    start = done + 1 if done is not None else await _log_start(worker, topic, partition)
+    if offset > start:
+        missed = await worker.refetcher.read(topic, partition, start, offset)
+        log.warning(
+            "customers: consumer skipped %s[%d] offsets %d..%d; applying %d read back",
+            topic,
+            partition,
+            start,
+            offset - 1,
+            len(missed),
+        )
+        for skipped in missed:
+            await _apply_customer_batch(
+                worker, partition, skipped.offset, skipped.value, delta_topic
+            )
+            worker.health.refetched.labels("customers").inc()
+    await _apply_customer_batch(worker, partition, offset, message.value, delta_topic)
+
+
+async def _apply_customer_batch(
+    worker: Worker, partition: int, offset: int, raw: bytes, delta_topic: Any
+) -> None:
+    input_watermarks, events = decode_customer_batch(raw)
     merge_watermarks(worker.watermarks, input_watermarks)
     watermark = min(worker.watermarks.values()) if worker.watermarks else None
     outcome = worker.customers.apply_batch(events, watermark)
-    acks = []
+    messages = []
     for dimension, deltas in by_dimension(outcome.deltas, worker.settings.dimensions).items():
         if not deltas and not input_watermarks:
             continue
-        value = encode_deltas(message.partition, message.offset, worker.watermarks, deltas)
-        target = partition_for(dimension, worker.settings.partitions)
+        value = encode_deltas(partition, offset, worker.watermarks, deltas)
+        messages.append([dimension, partition_for(dimension, worker.settings.partitions), value])
+    # Write-ahead: what is about to be sent, durable before it is sent.
+    worker.customers_table[position_key(partition)] = {
+        "o": offset,
+        "d": [[dimension, target, _pack(value)] for dimension, target, value in messages],
+    }
+    await worker.customers_table.acknowledged()
+    await _send_deltas(delta_topic, messages)
+    worker.customer_store.commit()
+    await worker.customers_table.acknowledged()
+    worker.confirmed["customers"][partition] = offset
+    worker.metrics.applied_events.inc(outcome.applied)
+    worker.metrics.duplicate_events.inc(outcome.duplicates)
+    worker.health.beyond_retention.inc(getattr(outcome, "beyond_retention", 0))
+
+
+async def _redo_customer_batch(
+    worker: Worker, partition: int, record: dict[str, Any], raw: bytes | None, delta_topic: Any
+) -> None:
+    offset = int(record["o"])
+    messages = [[dimension, target, _unpack(value)] for dimension, target, value in record["d"]]
+    if raw is None:
+        log.warning(
+            "customers: batch %d of partition %d is gone; re-sending its differences",
+            offset,
+            partition,
+        )
+    else:
+        input_watermarks, events = decode_customer_batch(raw)
+        merge_watermarks(worker.watermarks, input_watermarks)
+        watermark = min(worker.watermarks.values()) if worker.watermarks else None
+        worker.customers.apply_batch(events, watermark)  # histories only: the differences
+        # that were computed before the crash are the ones re-sent below
+    await _send_deltas(delta_topic, messages)
+    worker.customer_store.commit()
+    await worker.customers_table.acknowledged()
+    worker.confirmed["customers"][partition] = offset
+    worker.health.redone.inc()
+    log.info("customers: completed batch %d of partition %d after a restart", offset, partition)
+
+
+async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> None:
+    acks = []
+    for dimension, target, value in messages:
         acks.append(await delta_topic.send(key=dimension.encode(), value=value, partition=target))
     for ack in acks:
         await ack
-    worker.customer_store.commit()
-    worker.metrics.applied_events.inc(outcome.applied)
-    worker.metrics.duplicate_events.inc(outcome.duplicates)
+
+
+async def _read_one(worker: Worker, topic: str, partition: int, offset: int) -> bytes | None:
+    found = await worker.refetcher.read(topic, partition, offset, offset + 1)
+    return found[0].value if found and found[0].offset == offset else None
+
+
+async def _log_start(worker: Worker, topic: str, partition: int) -> int:
+    return await worker.refetcher.log_start(topic, partition)
+
+
+# -- segments stage -----------------------------------------------------------------------
 
 
 async def _on_deltas(worker: Worker, event: EventT, output_topic: Any) -> None:
-    partition = event.message.partition
-    if event.value != TICK:
-        dimension = event.key.decode()
-        message = decode_deltas(event.value)
-        worker.aggregator.apply(
-            dimension, message.source, message.offset, message.watermarks, message.deltas
+    message = event.message
+    partition, offset = message.partition, message.offset
+    topic = worker.settings.delta_topic
+    entries = worker.aggregate_tables[0]
+    stored = entries.get(position_key(partition))
+    done = None if stored is None else int(stored)
+    if done is not None and offset <= done:
+        worker.health.redelivered.labels("segments").inc()
+        return
+    start = done + 1 if done is not None else await _log_start(worker, topic, partition)
+    if offset > start:
+        missed = await worker.refetcher.read(topic, partition, start, offset)
+        log.warning(
+            "segments: consumer skipped %s[%d] offsets %d..%d; applying %d read back",
+            topic,
+            partition,
+            start,
+            offset - 1,
+            len(missed),
         )
+        for skipped in missed:
+            await _apply_deltas(
+                worker, partition, skipped.offset, skipped.key, skipped.value, output_topic
+            )
+            worker.health.refetched.labels("segments").inc()
+    await _apply_deltas(worker, partition, offset, message.key, message.value, output_topic)
+
+
+async def _apply_deltas(
+    worker: Worker,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes,
+    output_topic: Any,
+) -> None:
+    if value != TICK:
+        assert key is not None
+        message = decode_deltas(value)
+        worker.aggregator.apply(
+            key.decode(), message.source, message.offset, message.watermarks, message.deltas
+        )
+    await _maybe_flush(worker, partition, output_topic)
+    entries = worker.aggregate_tables[0]
+    entries[position_key(partition)] = offset  # after the entries: same changelog partition
+    for table in worker.aggregate_tables:
+        await table.acknowledged()
+    worker.confirmed["segments"][partition] = offset
+
+
+async def _maybe_flush(worker: Worker, partition: int, output_topic: Any) -> None:
     now = time.monotonic()
     if now - worker.last_flush.get(partition, 0.0) < worker.settings.emit_interval_seconds:
         return
     worker.last_flush[partition] = now
     dimensions = ("all", *worker.settings.dimensions)
     owned = [d for d in dimensions if partition_for(d, worker.settings.partitions) == partition]
+    acks = []
     for key, record in worker.aggregator.flush(owned):
-        await output_topic.send(key=key.encode(), value=encode_record(record))
+        acks.append(await output_topic.send(key=key.encode(), value=encode_record(record)))
+    for ack in acks:
+        await ack
+    # Only now that the records are acknowledged may the table say they were emitted.
+    worker.emitted_store.commit()

@@ -1,9 +1,13 @@
 """The ingest stage: batched aiokafka consumption of the input topic.
 
 Each `getmany` batch is validated (`route_batch`), invalid records go to the dead-letter
-topic, valid events go as ONE message per internal partition to the customer-batch topic,
-and the input offsets are committed only after every one of those sends is acknowledged.
-A crash before the commit re-delivers the batch; customers absorb the repeats by event_id.
+topic, valid events go as one message per internal partition (split further only when a
+message would exceed `MAX_INTERNAL_MESSAGE_BYTES`) to the customer-batch topic, and the
+input offsets are committed only after every one of those sends is acknowledged. A crash
+before the commit re-delivers the batch; customers absorb the repeats by event_id.
+
+A watchdog task keeps `churn_ingest_up` and the consumer-lag gauges current even while the
+main loop waits on a frozen broker.
 """
 
 from __future__ import annotations
@@ -11,25 +15,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, Final
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    RebalanceInProgressError,
+)
 
 from stream import windows
+from stream.customers import event_to_row
+from stream.events import LifecycleEvent
 from stream.kafka_config import aiokafka_options
-from stream.observability import Metrics
+from stream.observability import HealthMetrics, Metrics
 from stream.routing import (
     InputRecord,
+    Rejected,
     RoutedBatch,
-    customer_batches,
     dead_letter,
+    encode_customer_batch,
     route_batch,
 )
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# An internal message stays well below Kafka's default 1 MB message limit.
+MAX_INTERNAL_MESSAGE_BYTES: Final = 512 * 1024
+# Dead letters keep at most this much of the original message and key (bytes, before
+# escaping): a 1 MB input would otherwise make an unsendable dead letter.
+MAX_DEAD_LETTER_ORIGINAL_BYTES: Final = 64 * 1024
+MAX_DEAD_LETTER_KEY_BYTES: Final = 1024
+# No fetch response from the broker for this long: `churn_ingest_up` drops to 0.
+STALL_SECONDS: Final = 10.0
+_WATCHDOG_INTERVAL_S: Final = 1.0
 
 
 def late_events(routed: RoutedBatch, watermark_ms: int | None, grace_ms: int) -> int:
@@ -46,14 +70,71 @@ def late_events(routed: RoutedBatch, watermark_ms: int | None, grace_ms: int) ->
     )
 
 
+def chunked(events: list[LifecycleEvent], limit: int) -> Iterator[list[LifecycleEvent]]:
+    """Consecutive runs of `events` whose encoded rows stay under `limit` bytes (at least
+    one event per run; an empty list gives one empty run, which still carries watermarks)."""
+    if not events:
+        yield []
+        return
+    run: list[LifecycleEvent] = []
+    size = 0
+    for event in events:
+        row = len(orjson.dumps(event_to_row(event))) + 1
+        if run and size + row > limit:
+            yield run
+            run, size = [], 0
+        run.append(event)
+        size += row
+    yield run
+
+
+def customer_messages(
+    routed: RoutedBatch, watermarks: dict[int, int], partitions: int, limit: int
+) -> list[tuple[int, bytes]]:
+    """(internal partition, message) for every internal partition, in partition order.
+
+    Every partition gets at least one message when the input watermark moved, so that
+    every partition's event time advances; a partition whose events would not fit one
+    message gets several, each under `limit` bytes."""
+    if not routed.latest_by_input:
+        return []
+    return [
+        (target, encode_customer_batch(watermarks, run))
+        for target in range(partitions)
+        for run in chunked(routed.by_partition.get(target, []), limit)
+    ]
+
+
+def bounded_dead_letter(rejected: Rejected, topic: str) -> tuple[bytes, bytes | None]:
+    """The dead-letter value and key, with an oversized original or key truncated."""
+    record = rejected.record
+    value, key = record.value, record.key
+    if value is not None and len(value) > MAX_DEAD_LETTER_ORIGINAL_BYTES:
+        record = InputRecord(
+            record.partition, record.offset, value[:MAX_DEAD_LETTER_ORIGINAL_BYTES], key
+        )
+        body = orjson.loads(dead_letter(Rejected(record, rejected.reason, rejected.detail), topic))
+        body |= {"original_truncated": True, "original_bytes": len(value)}
+        encoded = orjson.dumps(body)
+    else:
+        encoded = dead_letter(rejected, topic)
+    if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
+        key = key[:MAX_DEAD_LETTER_KEY_BYTES]
+    return encoded, key
+
+
 class Ingest:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, health: HealthMetrics | None = None
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._health = health
         self._watermarks: dict[int, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._next_offsets: dict[TopicPartition, int] = {}
+        self._assigned: set[int] = set()
 
     @property
     def watermark_ms(self) -> int | None:
@@ -81,6 +162,7 @@ class Ingest:
         assert self._consumer is not None
         self._metrics.up.set(1)
         log.info("ingest consuming %s", self._settings.input_topic)
+        watchdog = asyncio.ensure_future(self._watch())
         try:
             while True:
                 batches = await self._consumer.getmany(
@@ -88,8 +170,8 @@ class Ingest:
                 )
                 if batches:
                     await self._process(batches)
-                self._report_lag()
         finally:
+            watchdog.cancel()
             self._metrics.up.set(0)
             await self.stop()
 
@@ -114,6 +196,7 @@ class Ingest:
             settings.partitions,
             now_ms=int(time.time() * 1000),
             max_future_ms=settings.max_future_seconds * 1000,
+            oldest_ms=self._oldest_accepted_ms(),
         )
         late = late_events(routed, self.watermark_ms, settings.grace_seconds * 1000)
         for partition, time_ms in routed.latest_by_input.items():
@@ -121,22 +204,42 @@ class Ingest:
         acks = await self._forward(routed)
         await asyncio.gather(*acks)
         committed = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
-        await self._consumer.commit(committed)
-        self._next_offsets.update(committed)
+        await self._commit(committed)
         self._count(routed, late)
+
+    def _oldest_accepted_ms(self) -> int | None:
+        """With CHURN_RETENTION_DAYS: events older than the watermark minus the retention
+        are dead-lettered (`beyond_retention`); the customer stage applies the same rule
+        with the watermark as it stands after the batch."""
+        retention = self._settings.retention_days
+        watermark = self.watermark_ms
+        if retention is None or watermark is None:
+            return None
+        return watermark - retention * windows.DAY_MS
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit; after a rebalance the commit is refused and the new owner of those
+        partitions reads the batch again (its events are then duplicates)."""
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as error:
+            log.warning("ingest commit refused (%s); the batch will be delivered again", error)
+            return
+        self._next_offsets.update(offsets)
 
     async def _forward(self, routed: RoutedBatch) -> list[Awaitable[Any]]:
         assert self._producer is not None
         settings = self._settings
         acks: list[Awaitable[Any]] = []
-        messages = customer_batches(routed, self._watermarks, settings.partitions)
-        for target, value in messages.items():
+        messages = customer_messages(
+            routed, self._watermarks, settings.partitions, MAX_INTERNAL_MESSAGE_BYTES
+        )
+        for target, value in messages:
             acks.append(await self._producer.send(settings.customer_topic, value, partition=target))
         for rejected in routed.rejected:
-            value = dead_letter(rejected, settings.input_topic)
-            acks.append(
-                await self._producer.send(settings.dlq_topic, value, key=rejected.record.key)
-            )
+            value, key = bounded_dead_letter(rejected, settings.input_topic)
+            acks.append(await self._producer.send(settings.dlq_topic, value, key=key))
         return acks
 
     def _count(self, routed: RoutedBatch, late: int) -> None:
@@ -149,13 +252,40 @@ class Ingest:
         if self.watermark_ms is not None:
             metrics.watermark.set(self.watermark_ms / 1000)
 
-    def _report_lag(self) -> None:
+    async def _watch(self) -> None:
+        """Every second: health, lag and assignment, independent of the main loop."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_INTERVAL_S)
+            if self._consumer is None:
+                continue
+            try:
+                self._report()
+            except Exception:  # a report must never stop the worker
+                log.exception("ingest health report failed")
+
+    def _report(self) -> None:
         assert self._consumer is not None
-        for tp in self._consumer.assignment():
+        assignment = self._consumer.assignment()
+        stamps = []
+        for tp in assignment:
+            stamp = self._consumer.last_poll_timestamp(tp)
+            if stamp is not None:
+                stamps.append(stamp)
             highwater = self._consumer.highwater(tp)
             if highwater is not None and tp in self._next_offsets:
                 lag = max(0, highwater - self._next_offsets[tp])
                 self._metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+        if stamps:
+            stalled = time.time() * 1000 - max(stamps) > STALL_SECONDS * 1000
+            self._metrics.up.set(0 if stalled else 1)
+        partitions = {tp.partition for tp in assignment}
+        if partitions != self._assigned:
+            log.info(
+                "ingest assigned %s partitions %s", self._settings.input_topic, sorted(partitions)
+            )
+            if self._health is not None:
+                self._health.set_assignment(self._settings.input_topic, partitions, self._assigned)
+            self._assigned = partitions
 
 
 async def _start_with_retry(client: Any, name: str, deadline_seconds: float) -> None:

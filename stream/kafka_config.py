@@ -1,4 +1,9 @@
-"""Connection options shared by every Kafka client of the worker (aiokafka and faust)."""
+"""Connection options shared by every Kafka client of the worker (aiokafka and faust).
+
+Secrets (`CHURN_SASL_PASSWORD`, `CHURN_SSL_KEY_PASSWORD`) are `SecretStr` in the settings
+and are unwrapped only here, into the keyword arguments handed to the clients; nothing in
+this module logs them, and `describe` gives a loggable summary without them.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,29 @@ from stream.settings import Settings
 
 
 def security_protocol(settings: Settings) -> str:
-    tls = settings.ssl_cafile is not None
     if settings.sasl_mechanism:
-        return "SASL_SSL" if tls else "SASL_PLAINTEXT"
-    return "SSL" if tls else "PLAINTEXT"
+        return "SASL_SSL" if settings.tls else "SASL_PLAINTEXT"
+    return "SSL" if settings.tls else "PLAINTEXT"
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.ssl_cafile is None:
+    """The TLS context, or None for a plaintext connection."""
+    if not settings.tls:
         return None
-    return ssl.create_default_context(cafile=str(settings.ssl_cafile))
+    cafile = None if settings.ssl_cafile is None else str(settings.ssl_cafile)
+    context = ssl.create_default_context(cafile=cafile)
+    if settings.ssl_certfile is not None:
+        password = settings.ssl_key_password
+        context.load_cert_chain(
+            str(settings.ssl_certfile),
+            None if settings.ssl_keyfile is None else str(settings.ssl_keyfile),
+            None if password is None else password.get_secret_value(),
+        )
+    return context
 
 
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for AIOKafkaConsumer/AIOKafkaProducer."""
+    """Keyword arguments for AIOKafkaConsumer/AIOKafkaProducer/AIOKafkaAdminClient."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "security_protocol": security_protocol(settings),
@@ -54,3 +68,15 @@ def faust_credentials(settings: Settings) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def describe(settings: Settings) -> str:
+    """A one-line, secret-free summary of how the worker connects (for the start-up log)."""
+    parts = [f"brokers={settings.bootstrap_servers}", f"security={security_protocol(settings)}"]
+    if settings.sasl_mechanism:
+        parts.append(f"sasl={settings.sasl_mechanism} user={settings.sasl_username}")
+    if settings.tls:
+        parts.append(f"ca={settings.ssl_cafile or 'system'}")
+        if settings.ssl_certfile is not None:
+            parts.append(f"client-cert={settings.ssl_certfile}")
+    return " ".join(parts)

@@ -7,9 +7,11 @@ no gauge is kept for windows that are no longer open. No customer id is ever a l
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -214,3 +216,77 @@ class Metrics:
     def mark_consumed(self, messages: int) -> None:
         self.consumed_messages.inc(messages)
         self.last_event_wall.set(time.time())
+
+
+@dataclass
+class HealthMetrics:
+    """Worker health beyond `Metrics`: assignments and the stages' recovery counters."""
+
+    assigned: Gauge
+    redelivered: Counter
+    refetched: Counter
+    redone: Counter
+    beyond_retention: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> HealthMetrics:
+        return cls(
+            assigned=Gauge(
+                "churn_assigned_partition",
+                "1 for every partition this worker consumes, by topic.",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            redelivered=Counter(
+                "churn_redelivered_messages",
+                "Internal messages delivered again after they were applied (skipped).",
+                ["stage"],
+                registry=registry,
+            ),
+            refetched=Counter(
+                "churn_refetched_messages",
+                "Internal messages the consumer skipped, read back and applied in order.",
+                ["stage"],
+                registry=registry,
+            ),
+            redone=Counter(
+                "churn_redone_messages",
+                "Customer batches completed after a crash from their write-ahead record.",
+                registry=registry,
+            ),
+            beyond_retention=Counter(
+                "churn_beyond_retention_events",
+                "Valid events older than the retention horizon: counted, not applied.",
+                registry=registry,
+            ),
+        )
+
+    def set_assignment(self, topic: str, partitions: set[int], previous: set[int]) -> None:
+        for partition in previous - partitions:
+            with contextlib.suppress(KeyError):
+                self.assigned.remove(topic, str(partition))
+        for partition in partitions:
+            self.assigned.labels(topic, str(partition)).set(1)
+
+
+class TableSizes(Collector):
+    """`churn_table_keys{table}`: keys per table, bookkeeping keys excluded. Memory store
+    only: counting a RocksDB table would mean iterating it."""
+
+    def __init__(self, tables: dict[str, Any], reserved_keys: Iterable[str]) -> None:
+        self._tables = tables
+        self._reserved_keys = list(reserved_keys)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "churn_table_keys", "Keys held in each table of this worker.", labels=["table"]
+        )
+        for name, table in self._tables.items():
+            keys = getattr(table.data, "data", None)
+            if isinstance(keys, dict):
+                reserved = sum(1 for key in self._reserved_keys if key in keys)
+                family.add_metric([name], len(keys) - reserved)
+        yield family

@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
     )
+    producer_max_batch_size: int = Field(
+        default=16384,
+        ge=1,
+        description="Bytes per producer batch of the faust producer (changelogs, deltas, "
+        "output); 1 = one record per batch (exact end offsets for recovery on the embedded "
+        "broker).",
+    )
+    retention_days: int | None = Field(
+        default=None,
+        gt=0,
+        description="Retention horizon: events older than this many days behind the "
+        "watermark are counted, not applied, and per-customer history older than the "
+        "horizon plus the longest window (367 days) is folded into a snapshot. Unset: "
+        "keep everything.",
+    )
     startup_timeout_seconds: float = Field(
         default=300, gt=0, description="Give up (exit non-zero) if Kafka is unreachable this long."
     )
@@ -71,7 +86,19 @@ class Settings(BaseSettings):
     )
     sasl_username: str | None = Field(default=None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(default=None, description="SASL password (secret).")
+    ssl: bool = Field(
+        default=False, description="TLS to the brokers (system CAs unless CHURN_SSL_CAFILE)."
+    )
     ssl_cafile: Path | None = Field(default=None, description="CA bundle; set to enable TLS.")
+    ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; enables TLS."
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of the client certificate."
+    )
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of the private key (secret)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the worker."
     )
@@ -97,6 +124,17 @@ class Settings(BaseSettings):
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("CHURN_SASL_MECHANISM needs CHURN_SASL_USERNAME and _PASSWORD")
         return self
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> Settings:
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("CHURN_SSL_KEYFILE needs CHURN_SSL_CERTFILE")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when any TLS setting is given."""
+        return self.ssl or self.ssl_cafile is not None or self.ssl_certfile is not None
 
     @property
     def bootstrap_servers(self) -> str:

@@ -1,18 +1,96 @@
-"""`churn-stream worker`: run the stream processor in this process."""
+"""`churn-stream worker`: run the stream processor in this process.
+
+Start-up: the worker first waits for Kafka (metadata request, retried with backoff and a
+clear log line) for at most `CHURN_STARTUP_TIMEOUT_SECONDS`, then starts faust — whose
+clients would otherwise give up at the first refused connection — and the ingest stage.
+Exit codes: 0 after a clean stop, 1 after a crash, 2 when Kafka stayed unreachable.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from typing import Final
 
 from stream.cli import add_settings_flags, settings_from
+from stream.kafka_config import aiokafka_options, describe
 from stream.settings import Settings
+
+log = logging.getLogger("stream.worker")
+
+EXIT_CRASHED: Final = 1
+EXIT_UNREACHABLE: Final = 2
+_FIRST_DELAY_S: Final = 0.5
+_MAX_DELAY_S: Final = 10.0
+_PROBE_TIMEOUT_MS: Final = 5000
+
+
+async def _probe(settings: Settings) -> None:
+    """Raise unless the cluster answers a metadata request."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(request_timeout_ms=_PROBE_TIMEOUT_MS, **aiokafka_options(settings))
+    try:
+        await admin.start()
+        await admin.describe_cluster()
+    finally:
+        await admin.close()
+
+
+async def wait_for_kafka(settings: Settings, clock: Callable[[], float] = time.monotonic) -> bool:
+    """True once Kafka answers; False if it did not within the start-up deadline."""
+    began = clock()
+    deadline = began + settings.startup_timeout_seconds
+    delay = _FIRST_DELAY_S
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await _probe(settings)
+        except Exception as error:
+            left = deadline - clock()
+            if left <= 0:
+                log.error(
+                    "kafka unreachable at %s for %.0fs (CHURN_STARTUP_TIMEOUT_SECONDS); "
+                    "giving up: %s",
+                    settings.bootstrap_servers,
+                    clock() - began,
+                    _reason(error),
+                )
+                return False
+            wait = min(delay, left)
+            log.warning(
+                "kafka unreachable at %s (attempt %d: %s); retrying in %.1fs, giving up in %.0fs",
+                settings.bootstrap_servers,
+                attempt,
+                _reason(error),
+                wait,
+                left,
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, _MAX_DELAY_S)
+            continue
+        if attempt > 1:
+            log.info(
+                "kafka reachable at %s after %.1fs", settings.bootstrap_servers, clock() - began
+            )
+        return True
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) < 200 else text[:200] + "..."
 
 
 def run_worker(settings: Settings) -> int:
     """Run a faust worker until it is stopped; the exit code is non-zero after a crash."""
+    log.info("churn-stream worker %s, app %s", describe(settings), settings.app_id)
+    if not asyncio.run(wait_for_kafka(settings)):
+        return EXIT_UNREACHABLE
+
     import faust
 
     from stream.app import create_app
@@ -28,8 +106,8 @@ def run_worker(settings: Settings) -> int:
         faust_worker.execute_from_commandline()
     except SystemExit as done:
         crashed = worker.app.crash_reason is not None or faust_worker.crash_reason is not None
-        code = done.code if isinstance(done.code, int) else 1
-        return 1 if crashed and code == 0 else code
+        code = done.code if isinstance(done.code, int) else EXIT_CRASHED
+        return EXIT_CRASHED if crashed and code == 0 else code
     return 0
 
 
@@ -38,7 +116,10 @@ def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace],
 
     def handle(args: argparse.Namespace) -> int:
         settings = settings_from(args)
-        logging.basicConfig(level=settings.log_level.upper())
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+        )
         return run_worker(settings)
 
     return handle

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from stream.local_pipeline import LocalPipeline
-from stream.observability import Metrics, WindowCollector
+from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector
 from stream.simulator import SimulationConfig, generate_events
 from stream.spikes import SpikeDetector
 from tests.deploy.promql import (
@@ -155,7 +156,21 @@ def _worker_exposition() -> bytes:
     metrics.invalid_events.labels(reason="not_json").inc()
     metrics.consumer_lag.labels(partition="0").set(3)
     metrics.mark_consumed(5)
+    health = HealthMetrics.create(registry)
+    health.set_assignment("customer-events", {0, 1}, set())
+    health.redelivered.labels(stage="customers").inc()
+    health.refetched.labels(stage="segments").inc()
+    health.redone.inc()
+    health.beyond_retention.inc()
+    registry.register(TableSizes({"customers": _StoredTable({"c-1": {}})}, reserved_keys=[]))
     return generate_latest(registry)
+
+
+class _StoredTable:
+    """The shape TableSizes reads from a faust table on the memory store."""
+
+    def __init__(self, keys: dict[str, object]) -> None:
+        self.data = SimpleNamespace(data=keys)
 
 
 def test_promtool_check_metrics_on_the_worker_exposition():

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
 
+from stream.batch import compute_records
+from stream.broker import free_port
+from stream.events import compact, parse_event
 from stream.settings import Settings
+from stream.simulator import SimulationConfig, generate_events
+from tests.compare import differences
 
 Records = dict[str, dict[str, Any]]
 
@@ -40,6 +48,25 @@ async def produce(
     finally:
         await producer.stop()
     return sent
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, values: Sequence[bytes], per_second: float, chunk: int = 50
+) -> int:
+    """Send `values` at about `per_second` messages per second (in small bursts)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    began = time.monotonic()
+    try:
+        for start in range(0, len(values), chunk):
+            for value in values[start : start + chunk]:
+                await producer.send(topic, value, key=_customer_key(value))
+            await producer.flush()
+            due = began + (start + chunk) / per_second
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+    finally:
+        await producer.stop()
+    return len(values)
 
 
 def _customer_key(value: bytes) -> bytes | None:
@@ -78,6 +105,7 @@ class OutputFollower:
             topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
         )
         self.latest: Records = {}
+        self.received = 0
 
     async def __aenter__(self) -> OutputFollower:
         await self._consumer.start()
@@ -93,6 +121,7 @@ class OutputFollower:
             for batch in batches.values():
                 for message in batch:
                     self.latest[message.key.decode()] = orjson.loads(message.value)
+                    self.received += 1
 
     async def wait_until(
         self, done: Callable[[Records], bool], timeout: float, step: float = 1.0
@@ -110,20 +139,49 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(exclude_none=True).items():
         if isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, SecretStr):
+            value = value.get_secret_value()
         env[f"CHURN_{name.upper()}"] = str(value)
     return env
 
 
+def reliability_settings(
+    prefix: str, broker_url: str, tmp_path: Path, **overrides: Any
+) -> Settings:
+    """Settings of the reliability tests: unique names, a fast failover, and single-record
+    producer batches (exact end offsets on the embedded broker, so tables recover)."""
+    values: dict[str, Any] = {
+        "broker": broker_url,
+        "app_id": f"{prefix}app",
+        "input_topic": f"{prefix}events",
+        "output_topic": f"{prefix}metrics",
+        "dlq_topic": f"{prefix}dlq",
+        "dimensions": DIMENSIONS,
+        "metrics_port": free_port(),
+        "data_dir": tmp_path / "data",
+        "emit_interval_seconds": 0.5,
+        "session_timeout_seconds": 6,
+        "max_future_seconds": 10**9,
+        "producer_max_batch_size": 1,
+    }
+    return Settings(**(values | overrides))
+
+
 class WorkerProcess:
-    """`churn-stream worker` as a child process, with its log in a file."""
+    """`churn-stream worker` as a child process, with its log in a file (appended to by
+    every start, so one file tells the story of a test's restarts)."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
+        self.starts += 1
+        log.write(f"\n===== start {self.starts} =====\n".encode())
+        log.flush()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "worker"],
             env=settings_env(self.settings),
@@ -134,8 +192,30 @@ class WorkerProcess:
         return self
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def rss_bytes(self) -> int:
+        """Resident set size from /proc (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc status")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
@@ -173,6 +253,9 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait()
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
@@ -187,3 +270,82 @@ def sample_value(metrics_text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def sample_sum(metrics_text: str, name: str) -> float:
+    """The sum of every sample of `name` (all label values); 0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def assigned_partitions(metrics_text: str, topic: str) -> set[int]:
+    """Partitions of `topic` a worker reports in `churn_assigned_partition`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        int(sample.labels["partition"])
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "churn_assigned_partition"
+        and sample.labels.get("topic") == topic
+        and sample.value == 1
+    }
+
+
+# -- expected results ------------------------------------------------------------------
+
+DIMENSIONS = ("plan", "region")
+
+
+def simulated(
+    customers: int,
+    days: int,
+    seed: int,
+    start: date = date(2026, 1, 1),
+    duplicates: float = 0.03,
+    out_of_order: float = 0.05,
+) -> list[bytes]:
+    config = SimulationConfig(
+        customers=customers,
+        start=start,
+        days=days,
+        seed=seed,
+        duplicate_fraction=duplicates,
+        out_of_order_fraction=out_of_order,
+    )
+    return [orjson.dumps(event) for event in generate_events(config)]
+
+
+def expected_records(raw: Iterable[bytes], dimensions: tuple[str, ...] = DIMENSIONS) -> Records:
+    """`churn-stream batch` over the valid messages among `raw`, keyed like the output."""
+    events = []
+    for value in raw:
+        try:
+            events.append(compact(parse_event(value), dimensions))
+        except ValueError:
+            continue
+    return {
+        f"{r['window']}/{r['dimension']}/{r['segment']}/{r['window_start']}": r
+        for r in compute_records(events, dimensions)
+    }
+
+
+async def converge(bootstrap: str, topic: str, expected: Records, timeout: float) -> Records:
+    """Follow the output topic until its latest records equal `expected`; fail with the
+    first differences otherwise."""
+    async with OutputFollower(bootstrap, topic) as output:
+        done = await output.wait_until(lambda latest: not differences(latest, expected), timeout)
+        assert done, differences(output.latest, expected)[:20]
+        return dict(output.latest)
+
+
+def shuffled(values: Sequence[bytes], seed: int) -> list[bytes]:
+    copy = list(values)
+    random.Random(seed).shuffle(copy)
+    return copy
