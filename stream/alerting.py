@@ -7,7 +7,7 @@ rolling_7d partner. No Kafka here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from datetime import datetime
 from typing import Any
 
@@ -36,11 +36,13 @@ class SpikeAlerts:
         self._config = config
         self._detectors: dict[str, SpikeDetector] = {}
 
-    def load(self) -> None:
-        """Restore the detectors from the store (after recovery or a rebalance)."""
+    def load(self, owned: Callable[[str], bool] = lambda dimension: True) -> None:
+        """Restore the detectors of the dimensions this process owns from the store (after
+        recovery or a rebalance); the others' scores are another worker's to expose."""
         self._detectors = {
             dimension: SpikeDetector.from_dict(state, self._config)
             for dimension, state in self._store.items()
+            if owned(dimension)
         }
 
     def observe(self, dimension: str, emitted: Emitted, aggregator: Aggregator) -> list[SpikeAlert]:

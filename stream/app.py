@@ -45,6 +45,7 @@ from prometheus_client import (
 )
 
 from stream.aggregation import Aggregator, by_dimension
+from stream.alerting import SpikeAlerts
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
 from stream.ingest import Ingest
@@ -211,6 +212,9 @@ class Refetcher:
             self._consumer = None
 
 
+Outputs = tuple[Any, Any]  # (metric topic, alert topic)
+
+
 @dataclass
 class Worker:
     """Everything one worker process holds, assembled by `create_app`."""
@@ -225,6 +229,9 @@ class Worker:
     aggregator: Aggregator
     aggregate_tables: tuple[DurableTable, DurableTable, DurableTable]
     emitted_store: BufferedStore
+    spikes: SpikeAlerts
+    spike_table: DurableTable
+    spike_store: BufferedStore
     ingest: Ingest
     refetcher: Refetcher
     watermarks: dict[int, int] = field(default_factory=dict)
@@ -285,6 +292,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     store = BufferedStore(WithoutReserved(customers_table))
     emitted_store = BufferedStore(emitted)
+    spike_table = table("spike-state")
+    spike_store = BufferedStore(spike_table)
     worker = Worker(
         app=app,
         settings=settings,
@@ -302,10 +311,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ),
         aggregate_tables=(entries, meta, emitted),
         emitted_store=emitted_store,
+        spikes=SpikeAlerts(spike_store),
+        spike_table=spike_table,
+        spike_store=spike_store,
         ingest=Ingest(settings, metrics, health),
         refetcher=Refetcher(settings),
     )
-    metrics.registry.register(WindowCollector(lambda: worker.aggregator))
+    metrics.registry.register(WindowCollector(lambda: worker.aggregator, worker.spikes.scores))
     metrics.registry.register(
         TableSizes(
             {
@@ -313,6 +325,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 "aggregate-entries": entries,
                 "aggregate-meta": meta,
                 "aggregate-emitted": emitted,
+                "spike-state": spike_table,
             },
             [position_key(partition) for partition in range(settings.partitions)],
         )
@@ -338,6 +351,7 @@ def _wire(worker: Worker) -> None:
     customer_topic = _raw_topic(app, settings.customer_topic, settings.partitions)
     delta_topic = _raw_topic(app, settings.delta_topic, settings.partitions)
     output_topic = _raw_topic(app, settings.output_topic, settings.partitions)
+    outputs = (output_topic, _raw_topic(app, settings.alert_topic, settings.partitions))
 
     @app.agent(customer_topic, name="customers")
     async def customers(stream: StreamT[bytes]) -> None:
@@ -347,7 +361,7 @@ def _wire(worker: Worker) -> None:
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
-            await _guarded(worker, "segments", _on_deltas(worker, event, output_topic))
+            await _guarded(worker, "segments", _on_deltas(worker, event, outputs))
 
     @app.task
     async def ingest() -> None:
@@ -369,6 +383,8 @@ def _wire(worker: Worker) -> None:
         for confirmed in worker.confirmed.values():
             confirmed.clear()
         worker.aggregator.load()
+        owned = set(_assigned(app, settings.delta_topic))
+        worker.spikes.load(lambda dimension: _owner(worker, dimension) in owned)
         worker.customers.rebuild_expiries()
         _report_assignment(worker)
 
@@ -534,7 +550,7 @@ async def _log_start(worker: Worker, topic: str, partition: int) -> int:
 # -- segments stage -----------------------------------------------------------------------
 
 
-async def _on_deltas(worker: Worker, event: EventT, output_topic: Any) -> None:
+async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
     message = event.message
     partition, offset = message.partition, message.offset
     topic = worker.settings.delta_topic
@@ -557,10 +573,10 @@ async def _on_deltas(worker: Worker, event: EventT, output_topic: Any) -> None:
         )
         for skipped in missed:
             await _apply_deltas(
-                worker, partition, skipped.offset, skipped.key, skipped.value, output_topic
+                worker, partition, skipped.offset, skipped.key, skipped.value, outputs
             )
             worker.health.refetched.labels("segments").inc()
-    await _apply_deltas(worker, partition, offset, message.key, message.value, output_topic)
+    await _apply_deltas(worker, partition, offset, message.key, message.value, outputs)
 
 
 async def _apply_deltas(
@@ -569,7 +585,7 @@ async def _apply_deltas(
     offset: int,
     key: bytes | None,
     value: bytes,
-    output_topic: Any,
+    outputs: Outputs,
 ) -> None:
     if value != TICK:
         assert key is not None
@@ -577,25 +593,45 @@ async def _apply_deltas(
         worker.aggregator.apply(
             key.decode(), message.source, message.offset, message.watermarks, message.deltas
         )
-    await _maybe_flush(worker, partition, output_topic)
+    await _maybe_flush(worker, partition, outputs)
     entries = worker.aggregate_tables[0]
     entries[position_key(partition)] = offset  # after the entries: same changelog partition
-    for table in worker.aggregate_tables:
+    for table in (*worker.aggregate_tables, worker.spike_table):
         await table.acknowledged()
     worker.confirmed["segments"][partition] = offset
 
 
-async def _maybe_flush(worker: Worker, partition: int, output_topic: Any) -> None:
+async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None:
     now = time.monotonic()
     if now - worker.last_flush.get(partition, 0.0) < worker.settings.emit_interval_seconds:
         return
     worker.last_flush[partition] = now
+    output_topic, alert_topic = outputs
     dimensions = ("all", *worker.settings.dimensions)
-    owned = [d for d in dimensions if partition_for(d, worker.settings.partitions) == partition]
     acks = []
-    for key, record in worker.aggregator.flush(owned):
-        acks.append(await output_topic.send(key=key.encode(), value=encode_record(record)))
+    for dimension in (d for d in dimensions if _owner(worker, d) == partition):
+        emitted = list(worker.aggregator.flush([dimension]))
+        for key, record in emitted:
+            acks.append(await output_topic.send(key=key.encode(), value=encode_record(record)))
+        for alert in worker.spikes.observe(dimension, emitted, worker.aggregator):
+            log.warning(
+                "churn spike %s: %s %s/%s score %.1f",
+                alert.status,
+                alert.window,
+                alert.dimension,
+                alert.segment,
+                alert.score,
+            )
+            acks.append(
+                await alert_topic.send(key=alert.key.encode(), value=alert.model_dump_json())
+            )
     for ack in acks:
         await ack
-    # Only now that the records are acknowledged may the table say they were emitted.
+    # Only now that records and alerts are acknowledged may the tables say they were sent.
     worker.emitted_store.commit()
+    worker.spike_store.commit()
+
+
+def _owner(worker: Worker, dimension: str) -> int:
+    """The segment-delta partition (and so the worker) that owns a dimension's aggregates."""
+    return partition_for(dimension, worker.settings.partitions)

@@ -359,6 +359,7 @@ def standard_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.input_topic, settings.partitions),
         TopicSpec(settings.dlq_topic, settings.partitions),
         TopicSpec(settings.output_topic, settings.partitions, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.alert_topic, settings.partitions),
         TopicSpec(settings.customer_topic, settings.partitions),
         TopicSpec(settings.delta_topic, settings.partitions),
     ]

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     input_topic: str = Field(default="customer-events", description="Lifecycle events (input).")
     output_topic: str = Field(default="churn-metrics", description="Metric records (output).")
     dlq_topic: str = Field(default="customer-events-dlq", description="Dead-lettered input.")
+    alert_topic: str = Field(
+        default="churn-alerts", description="Churn spike alerts (firing and resolved records)."
+    )
     dimensions: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
         description="Comma list of attribute names that become segment dimensions.",

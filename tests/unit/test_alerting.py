@@ -4,6 +4,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 
+from stream.alerting import SpikeAlerts
 from stream.local_pipeline import LocalPipeline
 from stream.simulator import SimulationConfig, Spike, generate_events
 
@@ -34,3 +35,20 @@ def test_an_injected_spike_fires_within_a_day_and_resolves_and_a_quiet_run_stays
 
     quiet = run(())
     assert [a for a in quiet.alerts if a.status == "firing"] == []
+
+
+def test_load_restores_only_the_dimensions_this_process_owns():
+    store: dict[str, object] = {}
+    pipeline = LocalPipeline(dimensions=("plan",), partitions=2)
+    pipeline.spikes = SpikeAlerts(store)
+    config = SimulationConfig(customers=300, start=date(2026, 1, 1), days=30, seed=5)
+    pipeline.run([[orjson.dumps(event) for event in generate_events(config)]])
+    assert set(store) == {"all", "plan"}
+
+    reader = SpikeAlerts(store)
+    reader.load(lambda dimension: dimension == "plan")
+    restored = {dimension for _, dimension, _, _ in reader.scores()}
+    assert restored == {"plan"}
+    assert sorted(reader.scores()) == sorted(
+        score for score in pipeline.spikes.scores() if score[1] == "plan"
+    )
