@@ -244,6 +244,7 @@ class Worker:
 
 
 def _faust_app(settings: Settings) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     return faust.App(
         settings.app_id,
         broker=settings.broker,

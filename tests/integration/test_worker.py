@@ -148,8 +148,6 @@ def test_demo_runs_and_exits_zero_having_emitted(tmp_path, duration):
             str(duration),
             "--metrics-port",
             str(free_port()),
-            "--data-dir",
-            str(tmp_path / "data"),
             "--rate",
             "1500",
             "--customers",
@@ -160,7 +158,9 @@ def test_demo_runs_and_exits_zero_having_emitted(tmp_path, duration):
         capture_output=True,
         timeout=180,
         text=True,
+        cwd=tmp_path,  # as on a fresh clone: no data/ directory yet
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "data").glob("demo-*")), "the demo keeps its state under data/"
     assert "churn-stream demo" in result.stdout
     assert "month" in result.stdout
