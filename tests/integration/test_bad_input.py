@@ -11,6 +11,7 @@ and segment labels stay capped."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -63,7 +64,10 @@ def valid_events(draw):
 
 
 def dumps(event) -> bytes:
-    return orjson.dumps(event)
+    try:
+        return orjson.dumps(event)
+    except TypeError:  # integers beyond 64 bits: valid JSON that orjson cannot write
+        return json.dumps(event, ensure_ascii=False).encode()
 
 
 wrong_values = st.one_of(
