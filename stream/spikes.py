@@ -451,6 +451,13 @@ class SpikeDetector:
         state = self._series.get((dimension, segment))
         return 0.0 if state is None else state.alerts[window].score
 
+    def latest_day_ms(self, dimension: str, segment: str) -> int | None:
+        """Start of the latest day observed for that segment (None if none yet)."""
+        state = self._series.get((dimension, segment))
+        if state is None or state.latest_day is None:
+            return None
+        return state.latest_day * DAY_MS
+
     def scores(self) -> list[tuple[str, str, str, float]]:
         """(window, dimension, segment, score) of every series, for a gauge."""
         return [

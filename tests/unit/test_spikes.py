@@ -247,6 +247,8 @@ def test_a_corrected_finished_day_is_stored_but_decides_no_alert():
     old_ms = (START_DAY + 35) * DAY_MS
     assert detector.observe("plan", "pro", old_ms, 90, BASE, 0.1) == []
     assert detector.to_dict()["series"][0]["days"][str(START_DAY + 35)][0] == 90
+    assert detector.latest_day_ms("plan", "pro") == (START_DAY + 39) * DAY_MS  # not moved
+    assert detector.latest_day_ms("plan", "nope") is None
     too_old_ms = (START_DAY + 1) * DAY_MS
     assert detector.observe("plan", "pro", too_old_ms, 90, BASE, 0.1) == []
 
