@@ -60,10 +60,20 @@ class Series:
 class DimensionMeta:
     watermarks: dict[int, int] = field(default_factory=dict)  # input partition -> max time
     admitted: list[str] = field(default_factory=list)
+    # customer partition -> the watermark its latest message carried: that partition's
+    # events before it are all applied here (its messages carry its own view)
+    sources: dict[int, int] = field(default_factory=dict)
 
     @property
     def watermark_ms(self) -> int | None:
         return min(self.watermarks.values()) if self.watermarks else None
+
+    @property
+    def applied_through_ms(self) -> int | None:
+        """Event time before which the events of every customer partition heard from are
+        applied: the slowest one's watermark. The watermark itself (the most advanced view
+        of the input) may be ahead while a customer partition is behind."""
+        return min(self.sources.values()) if self.sources else None
 
     @property
     def latest_event_ms(self) -> int | None:
@@ -99,7 +109,9 @@ class Aggregator:
         self._meta.clear()
         for dimension, stored in self._meta_store.items():
             self._meta[dimension] = DimensionMeta(
-                {int(p): int(t) for p, t in stored["wm"].items()}, list(stored["admitted"])
+                {int(p): int(t) for p, t in stored["wm"].items()},
+                list(stored["admitted"]),
+                {int(s): int(t) for s, t in stored.get("src", {}).items()},
             )
         for key, entry in self._entries.items():
             dimension, kind, segment, k = key.split(_SEP)
@@ -135,6 +147,9 @@ class Aggregator:
         meta = self.meta(dimension)
         for partition, time_ms in input_watermarks.items():
             meta.watermarks[partition] = max(meta.watermarks.get(partition, time_ms), time_ms)
+        if input_watermarks:
+            carried = min(input_watermarks.values())
+            meta.sources[source] = max(meta.sources.get(source, carried), carried)
         merged: DimensionDeltas = {}
         for (kind, k, value), counts in deltas.items():
             _accumulate(merged, (kind, k, self._admit(dimension, value)), counts)
@@ -142,7 +157,11 @@ class Aggregator:
             self._apply_entry(dimension, key, counts, source, offset)
             for key, counts in merged.items()
         )
-        self._meta_store[dimension] = {"wm": meta.watermarks, "admitted": meta.admitted}
+        self._meta_store[dimension] = {
+            "wm": meta.watermarks,
+            "admitted": meta.admitted,
+            "src": meta.sources,
+        }
         return changed
 
     def _apply_entry(

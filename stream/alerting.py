@@ -5,12 +5,15 @@ their state in a mapping (a faust table in the worker) and gives each day record
 rolling_7d partner. No Kafka here.
 
 A detector takes a segment's days in event-time order and treats a day as finished once a
-later day is observed. So a day is fed only once the dimension's watermark (the slowest
-input partition) has reached it: a partition that runs ahead, as when a backlog or a
-replay is read a batch per partition at a time, would otherwise finish a day whose events
-the other partitions have not delivered yet, and a spike on it would be scored on part of
-its churn. Days the watermark reaches are read from the aggregator when they were emitted
-before (while held back) and have not changed since.
+later day is observed. So the days are fed up to the one that holds `applied_through_ms`:
+the point every input partition has passed (the watermark) and up to which every customer
+partition has applied its events (the slowest customer partition's watermark). That day is
+the open day; every earlier one is complete, late events aside. Otherwise a partition that
+runs ahead, as when a backlog or a replay is read a batch per partition at a time, or a
+customer partition served before the others, would finish a day whose events are still on
+their way, and a spike on it would be scored on part of its churn. Days reached this way
+are read from the aggregator when they were emitted before (while held back) and have not
+changed since.
 """
 
 from __future__ import annotations
@@ -62,13 +65,13 @@ class SpikeAlerts:
         self._through.clear()
 
     def observe(self, dimension: str, emitted: Emitted, aggregator: Aggregator) -> list[SpikeAlert]:
-        """Feed one dimension's flush, up to the day its watermark has reached (see the
-        module doc); returns the alerts to publish."""
-        watermark = aggregator.meta(dimension).watermark_ms
-        if watermark is None:
+        """Feed one dimension's flush, up to the day that holds its applied-through point
+        (see the module doc); returns the alerts to publish."""
+        applied_through = aggregator.meta(dimension).applied_through_ms
+        if applied_through is None:
             return []
         previous = self._through.get(dimension)
-        through = windows.first_containing(windows.DAY, watermark)
+        through = windows.first_containing(windows.DAY, applied_through)
         through = through if previous is None else max(through, previous)
         detector = self._detectors.get(dimension) or SpikeDetector(self._config)
         by_key = dict(emitted)

@@ -234,7 +234,8 @@ class Worker:
     spike_store: BufferedStore
     ingest: Ingest
     refetcher: Refetcher
-    watermarks: dict[int, int] = field(default_factory=dict)
+    # customer partition -> input partition -> event time: what that partition has seen
+    watermarks: dict[int, dict[int, int]] = field(default_factory=dict)
     last_flush: dict[int, float] = field(default_factory=dict)
     # partition -> last offset this process completed (customers / segments stage)
     confirmed: dict[str, dict[int, int]] = field(
@@ -482,14 +483,14 @@ async def _apply_customer_batch(
     worker: Worker, partition: int, offset: int, raw: bytes, delta_topic: Any
 ) -> None:
     input_watermarks, events = decode_customer_batch(raw)
-    merge_watermarks(worker.watermarks, input_watermarks)
-    watermark = min(worker.watermarks.values()) if worker.watermarks else None
-    outcome = worker.customers.apply_batch(events, watermark)
+    known = worker.watermarks.setdefault(partition, {})
+    merge_watermarks(known, input_watermarks)
+    outcome = worker.customers.apply_batch(events, min(known.values()) if known else None)
     messages = []
     for dimension, deltas in by_dimension(outcome.deltas, worker.settings.dimensions).items():
         if not deltas and not input_watermarks:
             continue
-        value = encode_deltas(partition, offset, worker.watermarks, deltas)
+        value = encode_deltas(partition, offset, known, deltas)
         messages.append([dimension, partition_for(dimension, worker.settings.partitions), value])
     # Write-ahead: what is about to be sent, durable before it is sent.
     worker.customers_table[position_key(partition)] = {
@@ -519,8 +520,9 @@ async def _redo_customer_batch(
         )
     else:
         input_watermarks, events = decode_customer_batch(raw)
-        merge_watermarks(worker.watermarks, input_watermarks)
-        watermark = min(worker.watermarks.values()) if worker.watermarks else None
+        known = worker.watermarks.setdefault(partition, {})
+        merge_watermarks(known, input_watermarks)
+        watermark = min(known.values()) if known else None
         worker.customers.apply_batch(events, watermark)  # histories only: the differences
         # that were computed before the crash are the ones re-sent below
     await _send_deltas(delta_topic, messages)
