@@ -2,8 +2,9 @@
 
 Both listen on free loopback ports with a temporary config: scrape and evaluation interval
 1 s, the given scrape targets and rule files, and Alertmanager (when started) as the alert
-target, posting to the given webhook URL. `query(expr)` evaluates PromQL through the HTTP
-API. Use it as a context manager; `stop()` ends both processes (and only them).
+target, posting to the given webhook URL (or with the given Alertmanager configuration).
+`query(expr)` evaluates PromQL through the HTTP API. Use it as a context manager; `stop()`
+ends both processes (and only them).
 
     with PrometheusStack(targets={"churn-stream": ["127.0.0.1:6066"]}) as stack:
         stack.wait_for('up{job="churn-stream"} == 1')
@@ -18,11 +19,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -103,12 +106,16 @@ class PrometheusStack:
         *,
         alertmanager: bool = False,
         webhook_url: str = "http://127.0.0.1:9/unused",
+        alertmanager_config: Mapping[str, Any] | None = None,
         interval_seconds: float = 1.0,
     ) -> None:
+        """`alertmanager_config` replaces the default Alertmanager configuration (one
+        webhook receiver, `webhook_url`, for every alert, 1 s group wait and interval)."""
         self.targets = {job: list(addresses) for job, addresses in (targets or {}).items()}
         self.rule_files = [Path(path).resolve() for path in rule_files]
         self.with_alertmanager = alertmanager
         self.webhook_url = webhook_url
+        self.alertmanager_config = alertmanager_config
         self.interval = f"{interval_seconds:g}s"
         self.prometheus_port = 0
         self.alertmanager_port = 0
@@ -150,8 +157,8 @@ class PrometheusStack:
             self.stop()
             raise
 
-    def _start_alertmanager(self, binary: str, root: Path, timeout: float) -> None:
-        config = {
+    def _default_alertmanager_config(self) -> dict[str, Any]:
+        return {
             "route": {
                 "receiver": "webhook",
                 "group_by": ["alertname"],
@@ -166,6 +173,13 @@ class PrometheusStack:
                 }
             ],
         }
+
+    def _start_alertmanager(self, binary: str, root: Path, timeout: float) -> None:
+        config = (
+            self._default_alertmanager_config()
+            if self.alertmanager_config is None
+            else dict(self.alertmanager_config)
+        )
         path = root / "alertmanager.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.alertmanager_port = free_port()
@@ -256,6 +270,12 @@ class PrometheusStack:
     def values(self, expr: str) -> list[float]:
         return [float(sample["value"][1]) for sample in self.query(expr)]
 
+    def label_values(self, label: str, match: str) -> list[str]:
+        """Values of `label` among the series `match` selects (what Grafana's
+        `label_values(match, label)` template query asks)."""
+        path = f"/api/v1/label/{urllib.parse.quote(label)}/values"
+        return list(self._api(self.prometheus_url, path, {"match[]": match}))
+
     def targets_health(self) -> dict[str, str]:
         """scrape URL -> health ("up", "down", "unknown") of every active target."""
         data = self._api(self.prometheus_url, "/api/v1/targets")
@@ -284,3 +304,55 @@ class PrometheusStack:
             time.sleep(0.25)
         last = f"(last: {result})"
         raise StackError(f"{expr!r} not satisfied after {timeout} s {last}\n{self.logs()}")
+
+
+class WebhookReceiver:
+    """Alertmanager's webhook target on loopback: keeps every POST as (path, JSON body).
+
+    with WebhookReceiver() as receiver:
+        stack = PrometheusStack(alertmanager=True, webhook_url=receiver.url + "/hook")
+        ...
+        receiver.notifications()  # [("/hook", {"status": "firing", "alerts": [...]})]
+    """
+
+    def __init__(self) -> None:
+        self._received: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with receiver._lock:
+                    receiver._received.append((self.path, body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def notifications(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            return list(self._received)
