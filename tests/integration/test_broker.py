@@ -88,6 +88,7 @@ async def test_standard_topics_are_created(broker: EmbeddedBroker, topic_prefix:
         input_topic=f"{topic_prefix}in",
         output_topic=f"{topic_prefix}out",
         dlq_topic=f"{topic_prefix}dlq",
+        alert_topic=f"{topic_prefix}alerts",
         partitions=3,
     )
     specs = standard_topics(settings)
@@ -95,6 +96,7 @@ async def test_standard_topics_are_created(broker: EmbeddedBroker, topic_prefix:
         settings.input_topic,
         settings.output_topic,
         settings.dlq_topic,
+        settings.alert_topic,
         settings.customer_topic,
         settings.delta_topic,
     }
