@@ -131,6 +131,9 @@ class Ingest:
         self._metrics = metrics
         self._health = health
         self._watermarks: dict[int, int] = {}
+        # Every assigned input partition has been read or has nothing to read: until then
+        # the watermark is unknown (a partition not read yet may hold older events).
+        self._all_reported = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._next_offsets: dict[TopicPartition, int] = {}
@@ -138,7 +141,24 @@ class Ingest:
 
     @property
     def watermark_ms(self) -> int | None:
-        return min(self._watermarks.values()) if self._watermarks else None
+        if not self._all_reported or not self._watermarks:
+            return None
+        return min(self._watermarks.values())
+
+    def _published_watermarks(self) -> dict[int, int]:
+        return self._watermarks if self._all_reported else {}
+
+    async def _partitions_reported(self) -> bool:
+        """Whether every assigned input partition has given an event time or is caught up
+        (an empty or idle partition must not hold the watermark back for ever)."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            if tp.partition in self._watermarks:
+                continue
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or await self._consumer.position(tp) < highwater:
+                return False
+        return True
 
     async def _start_clients(self) -> None:
         settings = self._settings
@@ -170,6 +190,9 @@ class Ingest:
                 )
                 if batches:
                     await self._process(batches)
+                elif not self._all_reported and await self._partitions_reported():
+                    self._all_reported = True  # the last partitions turned out empty
+                    await self._publish_watermarks()
         finally:
             watchdog.cancel()
             self._metrics.up.set(0)
@@ -201,11 +224,23 @@ class Ingest:
         late = late_events(routed, self.watermark_ms, settings.grace_seconds * 1000)
         for partition, time_ms in routed.latest_by_input.items():
             self._watermarks[partition] = max(self._watermarks.get(partition, time_ms), time_ms)
+        self._all_reported = await self._partitions_reported()
         acks = await self._forward(routed)
         await asyncio.gather(*acks)
         committed = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         await self._commit(committed)
         self._count(routed, late)
+
+    async def _publish_watermarks(self) -> None:
+        """A message without events to every internal partition, carrying the watermarks."""
+        assert self._producer is not None
+        settings = self._settings
+        value = encode_customer_batch(self._watermarks, [])
+        acks = [
+            await self._producer.send(settings.customer_topic, value, partition=target)
+            for target in range(settings.partitions)
+        ]
+        await asyncio.gather(*acks)
 
     def _oldest_accepted_ms(self) -> int | None:
         """With CHURN_RETENTION_DAYS: events older than the watermark minus the retention
@@ -233,7 +268,7 @@ class Ingest:
         settings = self._settings
         acks: list[Awaitable[Any]] = []
         messages = customer_messages(
-            routed, self._watermarks, settings.partitions, MAX_INTERNAL_MESSAGE_BYTES
+            routed, self._published_watermarks(), settings.partitions, MAX_INTERNAL_MESSAGE_BYTES
         )
         for target, value in messages:
             acks.append(await self._producer.send(settings.customer_topic, value, partition=target))

@@ -385,7 +385,16 @@ class SpikeDetector:
             return []  # older than any baseline still to be computed
         state.days[day] = Observation(churned, customers_start, rolling_7d_churn_rate)
         if latest is not None and day < latest:
-            return []  # a finished day corrected: later baselines see it, alerts stay
+            # A finished day corrected (its last events arrived after the next day began):
+            # later baselines see it, and if it is the day just finished its full count may
+            # open the alert its partial count did not.
+            if day < latest - 1:
+                return []
+            return [
+                alert
+                for window in WINDOWS
+                for alert in self._reassess(dimension, segment, state, day, window)
+            ]
         alerts: list[SpikeAlert] = []
         if latest is not None and day > latest:
             for window in WINDOWS:
@@ -531,8 +540,27 @@ class SpikeDetector:
     ) -> list[SpikeAlert]:
         """The latest day, as observed so far: may open or escalate an alert."""
         assessment = assess(state.days, day, window, self.config)
+        state.alerts[window].score = assessment.score
+        return self._open_or_escalate(dimension, segment, state, day, window, assessment)
+
+    def _reassess(
+        self, dimension: str, segment: str, state: SeriesState, day: int, window: Window
+    ) -> list[SpikeAlert]:
+        """A finished day corrected: may open or escalate an alert (the score gauge stays
+        the latest day's)."""
+        assessment = assess(state.days, day, window, self.config)
+        return self._open_or_escalate(dimension, segment, state, day, window, assessment)
+
+    def _open_or_escalate(
+        self,
+        dimension: str,
+        segment: str,
+        state: SeriesState,
+        day: int,
+        window: Window,
+        assessment: Assessment,
+    ) -> list[SpikeAlert]:
         alert = state.alerts[window]
-        alert.score = assessment.score
         if not alert.open and assessment.score >= self.config.warning_score:
             alert.open, alert.first_seen_day, alert.calm_days = True, day, 0
             alert.severity = self._severity(assessment.score)

@@ -253,6 +253,23 @@ def test_a_corrected_finished_day_is_stored_but_decides_no_alert():
     assert detector.observe("plan", "pro", too_old_ms, 90, BASE, 0.1) == []
 
 
+def test_the_day_just_finished_opens_the_alert_when_its_late_events_make_it_a_spike():
+    detector = SpikeDetector()
+    _feed(detector, _calm(0, 30))
+    spike_ms, next_ms = (START_DAY + 30) * DAY_MS, (START_DAY + 31) * DAY_MS
+    assert detector.observe("plan", "pro", spike_ms, 3, BASE, 0.035) == []  # partial, calm
+    assert detector.observe("plan", "pro", next_ms, 1, BASE, 0.035) == []  # next day began
+    fired = detector.observe("plan", "pro", spike_ms, 20, BASE, 0.05)  # its late events
+    day_alerts = [
+        (alert.status, _offset(alert.day), _offset(alert.first_seen))
+        for alert in fired
+        if alert.window == "day"
+    ]
+    assert day_alerts == [("firing", 30, 30)]
+    assert detector.observe("plan", "pro", spike_ms, 21, BASE, 0.05) == []  # open already
+    assert detector.current_score("plan", "pro", "day") < SpikeConfig().warning_score
+
+
 def test_observing_the_whole_history_twice_counts_nothing_twice():
     days = [*_calm(0, 30), Day(30, 18), *_calm(31, 40)]
     once = SpikeDetector()
