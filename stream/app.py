@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import faust
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, View
@@ -55,6 +56,7 @@ from stream.observability import HealthMetrics, Metrics, TableSizes, WindowColle
 from stream.records import encode_record
 from stream.routing import decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
+from stream.tables import BulkTable, DurableTable, LazyProducer, PartitionStore
 
 log = logging.getLogger(__name__)
 TICK = b"tick"
@@ -71,25 +73,6 @@ def position_key(partition: int) -> str:
 
 def is_reserved(key: object) -> bool:
     return isinstance(key, str) and key.startswith(RESERVED_PREFIX)
-
-
-class DurableTable(faust.Table):  # type: ignore[misc]
-    """A faust table whose changelog writes can be awaited (`acknowledged`)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._unacknowledged: list[Any] = []
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        future = super().send_changelog(*args, **kwargs)
-        self._unacknowledged.append(future)
-        return future
-
-    async def acknowledged(self) -> None:
-        """Wait until every changelog write made so far is acknowledged by the broker."""
-        pending, self._unacknowledged = self._unacknowledged, []
-        for future in pending:
-            await future
 
 
 class WithoutReserved(MutableMapping[str, Any]):
@@ -224,8 +207,8 @@ class Worker:
     metrics: Metrics
     health: HealthMetrics
     customers: CustomerStage
-    customers_table: DurableTable
-    customer_store: BufferedStore
+    customers_table: BulkTable
+    customer_store: PartitionStore
     aggregator: Aggregator
     aggregate_tables: tuple[DurableTable, DurableTable, DurableTable]
     emitted_store: BufferedStore
@@ -234,6 +217,7 @@ class Worker:
     spike_store: BufferedStore
     ingest: Ingest
     refetcher: Refetcher
+    state_producer: LazyProducer
     # customer partition -> input partition -> event time: what that partition has seen
     watermarks: dict[int, dict[int, int]] = field(default_factory=dict)
     last_flush: dict[int, float] = field(default_factory=dict)
@@ -286,13 +270,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         assert isinstance(created, DurableTable)
         return created
 
-    customers_table = table("customers")
+    customers_table = _bulk_table(app, "customers", settings)
     entries, meta, emitted = (
         table("aggregate-entries"),
         table("aggregate-meta"),
         table("aggregate-emitted"),
     )
-    store = BufferedStore(WithoutReserved(customers_table))
+    store = PartitionStore(customers_table, is_reserved)
+    state_producer = LazyProducer(aiokafka_options(settings))
+    customers_table.attach(state_producer, one_record_batches=settings.producer_max_batch_size <= 1)
     emitted_store = BufferedStore(emitted)
     spike_table = table("spike-state")
     spike_store = BufferedStore(spike_table)
@@ -318,6 +304,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         spike_store=spike_store,
         ingest=Ingest(settings, metrics, health),
         refetcher=Refetcher(settings),
+        state_producer=state_producer,
     )
     metrics.registry.register(WindowCollector(lambda: worker.aggregator, worker.spikes.scores))
     metrics.registry.register(
@@ -329,12 +316,31 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 "aggregate-emitted": emitted,
                 "spike-state": spike_table,
             },
-            [position_key(partition) for partition in range(settings.partitions)],
+            [
+                key
+                for partition in range(settings.partitions)
+                for key in (position_key(partition), position_key(partition).encode())
+            ],
         )
     )
     ProcessCollector(registry=metrics.registry)
     _wire(worker)
     return worker
+
+
+def _bulk_table(app: faust.App, name: str, settings: Settings) -> BulkTable:
+    table = BulkTable(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=settings.partitions,
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
+    )
+    app.tables.add(table)
+    return table
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -387,7 +393,7 @@ def _wire(worker: Worker) -> None:
         worker.aggregator.load()
         owned = set(_assigned(app, settings.delta_topic))
         worker.spikes.load(lambda dimension: _owner(worker, dimension) in owned)
-        worker.customers.rebuild_expiries()
+        worker.customers.rebuild_expiries(worker.customer_store.every_item())
         _report_assignment(worker)
 
     @app.on_partitions_revoked.connect
@@ -398,6 +404,7 @@ def _wire(worker: Worker) -> None:
     @app.on_before_shutdown.connect
     async def closed(sender: Any, *args: Any, **kwargs: Any) -> None:
         await worker.refetcher.stop()
+        await worker.state_producer.stop()
 
     class MetricsPage(View):
         async def get(self, request: Request) -> Response:
@@ -445,11 +452,16 @@ def _unpack(value: str) -> bytes:
     return zlib.decompress(base64.b64decode(value))
 
 
+def _wal_key(partition: int) -> bytes:
+    return position_key(partition).encode()
+
+
 async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) -> None:
     message = event.message
     partition, offset = message.partition, message.offset
     topic = worker.settings.customer_topic
-    record = worker.customers_table.get(position_key(partition))
+    stored = worker.customers_table.read(partition, _wal_key(partition))
+    record = None if stored is None else orjson.loads(stored)
     done = None if record is None else int(record["o"])
     confirmed = worker.confirmed["customers"]
     if done is not None and confirmed.get(partition) != done:
@@ -485,6 +497,7 @@ async def _apply_customer_batch(
     input_watermarks, events = decode_customer_batch(raw)
     known = worker.watermarks.setdefault(partition, {})
     merge_watermarks(known, input_watermarks)
+    worker.customer_store.select(partition)
     outcome = worker.customers.apply_batch(events, min(known.values()) if known else None)
     messages = []
     for dimension, deltas in by_dimension(outcome.deltas, worker.settings.dimensions).items():
@@ -493,18 +506,20 @@ async def _apply_customer_batch(
         value = encode_deltas(partition, offset, known, deltas)
         messages.append([dimension, partition_for(dimension, worker.settings.partitions), value])
     # Write-ahead: what is about to be sent, durable before it is sent.
-    worker.customers_table[position_key(partition)] = {
+    wal = {
         "o": offset,
         "d": [[dimension, target, _pack(value)] for dimension, target, value in messages],
     }
-    await worker.customers_table.acknowledged()
+    table = worker.customers_table
+    table.stage(partition, _wal_key(partition), orjson.dumps(wal))
+    await table.flush()
     await _send_deltas(delta_topic, messages)
     worker.customer_store.commit()
-    await worker.customers_table.acknowledged()
+    await table.flush()
     worker.confirmed["customers"][partition] = offset
     worker.metrics.applied_events.inc(outcome.applied)
     worker.metrics.duplicate_events.inc(outcome.duplicates)
-    worker.health.beyond_retention.inc(getattr(outcome, "beyond_retention", 0))
+    worker.health.beyond_retention.inc(outcome.beyond_retention)
 
 
 async def _redo_customer_batch(
@@ -512,6 +527,7 @@ async def _redo_customer_batch(
 ) -> None:
     offset = int(record["o"])
     messages = [[dimension, target, _unpack(value)] for dimension, target, value in record["d"]]
+    worker.customer_store.select(partition)
     if raw is None:
         log.warning(
             "customers: batch %d of partition %d is gone; re-sending its differences",
@@ -527,7 +543,7 @@ async def _redo_customer_batch(
         # that were computed before the crash are the ones re-sent below
     await _send_deltas(delta_topic, messages)
     worker.customer_store.commit()
-    await worker.customers_table.acknowledged()
+    await worker.customers_table.flush()
     worker.confirmed["customers"][partition] = offset
     worker.health.redone.inc()
     log.info("customers: completed batch %d of partition %d after a restart", offset, partition)

@@ -7,51 +7,77 @@ candidate k's only and emit `contribution(k) - contribution(previous candidate)`
 The aggregate of window k is then the prefix sum of all customers' differences up to k,
 and a customer that never changes again keeps contributing to every later window without
 being touched. No I/O.
+
+This is the customer stage's hot path. A window's contribution depends only on (i0, i1),
+the number of steps before its start and before its end, so it is evaluated once per
+distinct pair (windows of different kinds share them), and window indexes are found from
+the steps' day numbers without computing window bounds; `changed_deltas` looks only at the
+windows from the first one a change can affect.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+from operator import sub
 
 from stream import windows
-from stream.formulas import ZERO, Counts, add, negate, subtract
+from stream.formulas import ZERO, Counts
 from stream.lifecycle import Segment, Timeline
 
 # (window kind name, window index, segment) -> difference of counts at that index
 DeltaKey = tuple[str, int, Segment]
 Deltas = dict[DeltaKey, Counts]
+Contribution = tuple[Segment, Counts]
 
 
-def _segment_for(timeline: Timeline, start: int, end: int, active_at_start: bool) -> Segment | None:
-    """The segment at the window's reference instant (README, Segments)."""
-    if active_at_start:
-        return timeline.state_before(start).segment
-    instant = timeline.first_activation_within(start, end)
-    if instant is None:
-        instant = timeline.first_purchase_within(start, end)
-    if instant is None:
-        return None
-    return timeline.state_before(instant + 1).segment
+_MISSING = object()
 
 
-def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segment, Counts] | None:
-    """The customer's counts for window [start, end) and the segment they go to."""
-    before = timeline.state_before(start)
-    after = timeline.state_before(end)
-    segment = _segment_for(timeline, start, end, before.active)
-    if segment is None:
-        return None
-    a0, a1 = before.active, after.active
-    m0, m1 = before.mrr_micros, after.mrr_micros
-    first = timeline.first_activation_ms
-    new = first is not None and start <= first < end
-    reactivated = not a0 and not new and timeline.first_activation_within(start, end) is not None
+def contribution(timeline: Timeline, i0: int, i1: int) -> Contribution | None:
+    """The customer's counts for a window with i0 steps before its start and i1 before its
+    end, and the segment they go to (README, Segments: the segment at the window's
+    reference instant); None if the customer takes no part in the window. Memoised."""
+    value = timeline.values.get((i0, i1), _MISSING)
+    if value is _MISSING:
+        value = timeline.values[(i0, i1)] = _evaluate(timeline, i0, i1)
+    return value  # type: ignore[return-value]
+
+
+def _evaluate(timeline: Timeline, i0: int, i1: int) -> Contribution | None:
+    steps = timeline.steps
+    before = steps[i0 - 1] if i0 else timeline.initial
+    first = timeline.first_activation_index
+    new = first is not None and i0 <= first < i1
+    if i0 == i1:  # no step inside: the state at start holds through the window
+        if not before.active:
+            return None
+        m = before.mrr_micros
+        n = m if new else 0
+        return before.segment, (1, 1, int(new), 0, 0, 0, m, m, 0, 0, 0, m, n, 0, 0, 0, 0, 0)
+    a0 = before.active
+    activation = timeline.activation_next[i0]
+    if a0:
+        segment = before.segment
+    elif activation < i1:
+        segment = steps[timeline.last_at_time[activation]].segment
+    else:
+        purchase = timeline.purchase_next[i0]
+        if purchase >= i1:
+            return None
+        segment = steps[timeline.last_at_time[purchase]].segment
+    after = steps[i1 - 1]
+    a1 = after.active
+    m0 = before.mrr_micros
+    m1 = after.mrr_micros
+    reactivated = not a0 and not new and activation < i1
     churned = a0 and not a1
     both = a0 and a1
-    purchases, amount = timeline.purchases_within(start, end)
-    purchasing = purchases > 0
-    repeat = purchasing and timeline.purchases_before(end) >= 2
-    counts = (
+    count = timeline.purchase_count
+    purchases = count[i1] - count[i0]
+    amount = timeline.purchase_amount[i1] - timeline.purchase_amount[i0]
+    repeat = purchases > 0 and timeline.purchases_folded + count[i1] >= 2
+    return segment, (
         int(a0),
         int(a1),
         int(new),
@@ -66,91 +92,201 @@ def window_contribution(timeline: Timeline, start: int, end: int) -> tuple[Segme
         m1 if both else 0,
         m1 if new else 0,
         m1 if reactivated else 0,
-        int(purchasing),
+        int(purchases > 0),
         purchases,
         amount,
         int(repeat),
     )
-    return segment, counts
 
 
-def candidate_indexes(timeline: Timeline, kind: windows.WindowKind, k_from: int) -> list[int]:
-    """Window indexes >= k_from where the contribution may change: where a window's end or
-    start crosses a step. Steps are visited newest first; once a step's start-crossing is
-    before k_from, no older step can add a candidate."""
-    candidates = {k_from}
-    for time_ms in reversed(timeline.times):
-        starting = windows.first_starting_after(kind, time_ms)
-        if starting < k_from:
-            break
-        candidates.add(starting)
-        ending = windows.first_ending_after(kind, time_ms)
-        if ending >= k_from:
-            candidates.add(ending)
-    return sorted(candidates)
+def window_contribution(timeline: Timeline, start: int, end: int) -> Contribution | None:
+    """The customer's contribution to the window [start, end) (epoch milliseconds)."""
+    i0 = bisect_left(timeline.times, start)
+    return contribution(timeline, i0, bisect_left(timeline.times, end, i0))
 
 
-def _add_into(deltas: Deltas, key: DeltaKey, counts: Counts) -> None:
-    previous = deltas.get(key)
-    total = counts if previous is None else add(previous, counts)
-    if any(total):
-        deltas[key] = total
-    else:
-        deltas.pop(key, None)
+class DeltaSums:
+    """Differences being added up over many customers: per key the contributions added
+    and those subtracted, summed once at the end (appending is much cheaper than adding
+    18-tuples one at a time)."""
+
+    __slots__ = ("minus", "plus")
+
+    def __init__(self) -> None:
+        self.plus: dict[DeltaKey, list[Counts]] = {}
+        self.minus: dict[DeltaKey, list[Counts]] = {}
+
+    def add(self, key: DeltaKey, counts: Counts, sign: int = 1) -> None:
+        side = self.plus if sign > 0 else self.minus
+        found = side.get(key)
+        if found is None:
+            side[key] = [counts]
+        else:
+            found.append(counts)
+
+    def totals(self) -> Deltas:
+        """The non-zero sums."""
+        totals: Deltas = {}
+        for key in self.plus.keys() | self.minus.keys():
+            total = tuple(map(sub, _sum(self.plus.get(key)), _sum(self.minus.get(key))))
+            if any(total):
+                totals[key] = total
+        return totals
 
 
-def kind_deltas(
-    timeline: Timeline, kind: windows.WindowKind, into: Deltas, k_from: int | None = None
+def _sum(values: list[Counts] | None) -> Counts:
+    if values is None:
+        return ZERO
+    if len(values) == 1:
+        return values[0]
+    return tuple(map(sum, zip(*values, strict=True)))
+
+
+def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]:
+    """The window of `kind` containing each step (non-decreasing)."""
+    found = timeline.calendar.get(kind)
+    if found is None:
+        if kind is windows.DAY:
+            found = timeline.days
+        else:
+            index = windows.calendar_index
+            found = [index(kind, day) for day in timeline.days]
+        timeline.calendar[kind] = found
+    return found
+
+
+def _calendar_candidates(old_windows: list[int], new_windows: list[int], k_from: int) -> list[int]:
+    """The window containing a step (its end crosses it) and the next one (its start
+    does), from window k_from on; steps are visited newest first."""
+    found = {k_from}
+    for step_windows in (old_windows, new_windows):
+        for k in reversed(step_windows):
+            if k < k_from:
+                break
+            found.add(k)
+            found.add(k + 1)
+    return sorted(found)
+
+
+def _rolling_candidates(
+    old_days: list[int], new_days: list[int], length: int, k_from: int
+) -> list[int]:
+    """Window k covers days [k - N, k): day `d + 1` is the first to contain a step on day
+    d, `d + N + 1` the first to start after it."""
+    found = {k_from}
+    for days in (old_days, new_days):
+        for day in reversed(days):
+            if day + length + 1 < k_from:
+                break
+            found.add(day + length + 1)
+            if day + 1 >= k_from:
+                found.add(day + 1)
+    return sorted(found)
+
+
+class _Emitter:
+    """Turns the contributions of the old and the new timeline at successive candidate
+    windows into (new difference array - old difference array), added into `into`."""
+
+    __slots__ = ("into", "minus", "name", "plus", "previous_new", "previous_old", "same")
+
+    def __init__(self, name: str, into: DeltaSums) -> None:
+        self.name = name
+        self.plus = into.plus
+        self.minus = into.minus
+        self.previous_old: Contribution | None = None
+        self.previous_new: Contribution | None = None
+        self.same = True  # the two arrays agree up to here
+
+    def at(self, k: int, old: Contribution | None, new: Contribution | None) -> None:
+        previous_old, previous_new = self.previous_old, self.previous_new
+        if old is previous_old and new is previous_new:
+            return  # memoised values: nothing changed since the previous candidate
+        if self.same:
+            if new is old or new == old:
+                return
+            # the change at k is new - old
+            if new is not None:
+                self._put(self.plus, k, new)
+            if old is not None:
+                self._put(self.minus, k, old)
+        else:
+            # (new(k) - new(previous)) + (old(previous) - old(k))
+            if new is not previous_new:
+                if new is not None:
+                    self._put(self.plus, k, new)
+                if previous_new is not None:
+                    self._put(self.minus, k, previous_new)
+            if old is not previous_old:
+                if previous_old is not None:
+                    self._put(self.plus, k, previous_old)
+                if old is not None:
+                    self._put(self.minus, k, old)
+        self.previous_old, self.previous_new = old, new
+        self.same = new is old or new == old
+
+    def _put(self, side: dict[DeltaKey, list[Counts]], k: int, value: Contribution) -> None:
+        key = (self.name, k, value[0])
+        found = side.get(key)
+        if found is None:
+            side[key] = [value[1]]
+        else:
+            found.append(value[1])
+
+
+def _calendar_change(
+    old: Timeline, new: Timeline, kind: windows.WindowKind, since_day: int, into: DeltaSums
 ) -> None:
-    """Add the customer's differences at window indexes >= k_from (all when None)."""
-    if k_from is None:
-        if not timeline.times:
-            return
-        k_from = windows.first_ending_after(kind, timeline.times[0])
-    previous = window_contribution(timeline, *windows.bounds(kind, k_from - 1))
-    for k in candidate_indexes(timeline, kind, k_from):
-        current = window_contribution(timeline, *windows.bounds(kind, k))
-        if current == previous:
-            continue
-        if previous is not None:
-            _add_into(into, (kind.name, k, previous[0]), negate(previous[1]))
-        if current is not None:
-            _add_into(into, (kind.name, k, current[0]), current[1])
-        previous = current
+    old_windows = _calendar_indexes(old, kind)
+    new_windows = _calendar_indexes(new, kind)
+    k_from = windows.calendar_index(kind, since_day)
+    emitter = _Emitter(kind.name, into)
+    for k in _calendar_candidates(old_windows, new_windows, k_from):
+        emitter.at(
+            k,
+            contribution(old, bisect_left(old_windows, k), bisect_right(old_windows, k)),
+            contribution(new, bisect_left(new_windows, k), bisect_right(new_windows, k)),
+        )
+
+
+def _rolling_change(
+    old: Timeline, new: Timeline, kind: windows.WindowKind, since_day: int, into: DeltaSums
+) -> None:
+    length = kind.rolling_days
+    old_days, new_days = old.days, new.days
+    emitter = _Emitter(kind.name, into)
+    for k in _rolling_candidates(old_days, new_days, length, since_day + 1):
+        emitter.at(
+            k,
+            contribution(old, bisect_left(old_days, k - length), bisect_left(old_days, k)),
+            contribution(new, bisect_left(new_days, k - length), bisect_left(new_days, k)),
+        )
+
+
+def changed_deltas(
+    old: Timeline,
+    new: Timeline,
+    into: DeltaSums,
+    kinds: Iterable[windows.WindowKind] = windows.ALL_KINDS,
+) -> None:
+    """Add what to send when a customer's timeline changed from `old` to `new`: the
+    difference of their difference arrays, from the first window the change affects."""
+    since = new.first_difference_ms(old)
+    if since is None:
+        return
+    since_day = since // windows.DAY_MS
+    for kind in kinds:
+        if kind.rolling:
+            _rolling_change(old, new, kind, since_day, into)
+        else:
+            _calendar_change(old, new, kind, since_day, into)
 
 
 def customer_deltas(
     timeline: Timeline, kinds: Iterable[windows.WindowKind] = windows.ALL_KINDS
 ) -> Deltas:
     """The customer's whole contribution, as differences keyed by (kind, k, segment)."""
-    deltas: Deltas = {}
-    for kind in kinds:
-        kind_deltas(timeline, kind, deltas)
-    return deltas
-
-
-def changed_deltas(old: Timeline, new: Timeline) -> Deltas:
-    """What to send when a customer's timeline changed from `old` to `new`: the difference
-    of their difference arrays, computed only from the first window the change affects."""
-    since = new.first_difference_ms(old)
-    changes: Deltas = {}
-    if since is None:
-        return changes
-    for kind in windows.ALL_KINDS:
-        k_from = windows.first_ending_after(kind, since)
-        old_part: Deltas = {}
-        kind_deltas(old, kind, old_part, k_from)
-        kind_deltas(new, kind, changes, k_from)
-        for key, counts in old_part.items():
-            _add_into(changes, key, negate(counts))
-    return changes
-
-
-def difference(new: Deltas, old: Deltas) -> Deltas:
-    """new - old, without zero entries: what to send when a customer's history changed."""
-    changed: Deltas = {}
-    for key in new.keys() | old.keys():
-        value = subtract(new.get(key, ZERO), old.get(key, ZERO))
-        if any(value):
-            changed[key] = value
-    return changed
+    empty = Timeline([], timeline.initial._replace(active=False, mrr_micros=0))
+    sums = DeltaSums()
+    changed_deltas(empty, timeline, sums, kinds)
+    return sums.totals()

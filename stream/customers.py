@@ -2,9 +2,12 @@
 
 `CustomerStage.apply_batch` merges a batch of events into each customer's stored history
 (deduplicating by event_id), recomputes the customer's contribution difference array and
-returns only what changed. Histories live in a mutable mapping keyed by customer_id (a
-faust table in the worker, a dict in tests); each customer is read and written at most
-once per batch.
+returns only what changed. Histories live in a mutable mapping keyed by customer_id whose
+values are bytes (a faust table in the worker, a dict in tests); each customer is read and
+written at most once per batch.
+
+Most events never change a metric (`activity`, bare `renewed`): for them only the event id
+is stored, without decoding the rest of the history.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream.contributions import Deltas, changed_deltas
-from stream.events import EventType, LifecycleEvent
-from stream.formulas import ZERO, add
+import orjson
+
+from stream.contributions import Deltas, DeltaSums, changed_deltas
+from stream.events import EVENT_TYPES, EventType, LifecycleEvent
 from stream.lifecycle import (
     Base,
     Timeline,
@@ -38,23 +42,20 @@ def partition_for(customer_id: str, partitions: int) -> int:
     return zlib.crc32(customer_id.encode()) % partitions
 
 
-def event_to_row(event: LifecycleEvent) -> list[Any]:
-    return [
-        event.customer_id,
-        event.event_id,
-        event.type.value,
-        event.time_ms,
-        event.mrr_micros,
-        event.amount_micros,
-        list(event.segment),
-    ]
+def event_to_row(event: LifecycleEvent) -> tuple[Any, ...]:
+    """The wire form of an event on the customer-batch topic (a JSON array)."""
+    return tuple(event)
 
 
 def event_from_row(row: list[Any]) -> LifecycleEvent:
     customer_id, event_id, kind, time_ms, mrr, amount, segment = row
-    return LifecycleEvent(
-        customer_id, event_id, EventType(kind), time_ms, mrr, amount, tuple(segment)
+    return _new_event(
+        LifecycleEvent,
+        (customer_id, event_id, EVENT_TYPES[kind], time_ms, mrr, amount, tuple(segment)),
     )
+
+
+_new_event = tuple.__new__  # a named tuple without its Python-level __new__
 
 
 @dataclass(slots=True)
@@ -65,13 +66,7 @@ class BatchOutcome:
     beyond_retention: int = 0  # older than the retention horizon: counted, not applied
 
 
-def _merge_deltas(target: Deltas, changes: Deltas) -> None:
-    for key, counts in changes.items():
-        total = add(target.get(key, ZERO), counts)
-        if any(total):
-            target[key] = total
-        else:
-            target.pop(key, None)
+_BARE_TYPES = frozenset({EventType.ACTIVITY, EventType.RENEWED})
 
 
 def _never_matters(event: LifecycleEvent, activity_mode: bool) -> bool:
@@ -81,46 +76,52 @@ def _never_matters(event: LifecycleEvent, activity_mode: bool) -> bool:
         not activity_mode
         and event.type in _BARE_TYPES
         and event.mrr_micros is None
-        and all(value is None for value in event.segment)
+        and event.segment.count(None) == len(event.segment)
     )
-
-
-_BARE_TYPES = frozenset({EventType.ACTIVITY, EventType.RENEWED})
 
 
 @dataclass(slots=True)
 class History:
-    """A customer's stored history: the events that may matter, the ids (with times) of
-    the rest, the watermark its contributions were last computed with, and the base that
-    retention folded older events into."""
+    """A customer's stored history: the events that may matter (as rows without the
+    customer id), the ids and times of the rest, the watermark its contributions were last
+    computed with, and the base that retention folded older events into.
 
-    events: list[LifecycleEvent]
-    bare: list[tuple[int, str]]
+    Stored as one JSON array; `rows` stay undecoded until an event that matters arrives."""
+
+    rows: list[list[Any]]
+    bare_ids: list[str]
+    bare_times: list[int]
     watermark_ms: int | None
     base: Base | None = None
 
-    def seen(self) -> set[str]:
-        return {event.event_id for event in self.events} | {event_id for _, event_id in self.bare}
-
-    def to_stored(self) -> dict[str, Any]:
-        return {
-            "e": [event_to_row(e) for e in self.events],
-            "i": [list(pair) for pair in self.bare],
-            "w": self.watermark_ms,
-            "b": None if self.base is None else self.base.to_list(),
-        }
-
     @classmethod
-    def from_stored(cls, stored: dict[str, Any] | None) -> History:
+    def decode(cls, stored: bytes | None) -> History:
         if stored is None:
-            return cls([], [], None)
-        base = stored.get("b")
+            return cls([], [], [], None)
+        rows, bare_ids, bare_times, watermark, base = orjson.loads(stored)
         return cls(
-            [event_from_row(row) for row in stored["e"]],
-            [(int(time_ms), event_id) for time_ms, event_id in stored["i"]],
-            stored["w"],
-            None if base is None else Base.from_list(base),
+            rows, bare_ids, bare_times, watermark, None if base is None else Base.from_list(base)
         )
+
+    def encode(self) -> bytes:
+        base = None if self.base is None else self.base.to_list()
+        return orjson.dumps([self.rows, self.bare_ids, self.bare_times, self.watermark_ms, base])
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self.bare_ids or any(row[0] == event_id for row in self.rows)
+
+    def events(self, customer_id: str) -> list[LifecycleEvent]:
+        return [
+            _new_event(
+                LifecycleEvent,
+                (customer_id, i, EVENT_TYPES[kind], t, mrr, amount, tuple(segment)),
+            )
+            for i, kind, t, mrr, amount, segment in self.rows
+        ]
+
+    def with_events(self, events: list[LifecycleEvent], watermark_ms: int | None) -> History:
+        rows = [list(event[1:]) for event in events]
+        return History(rows, self.bare_ids, self.bare_times, watermark_ms, self.base)
 
 
 class CustomerStage:
@@ -139,9 +140,9 @@ class CustomerStage:
         self._retention_ms = None if retention_days is None else retention_days * DAY_MS
         self._expiries: list[tuple[int, str]] = []  # activity mode: (expiry, customer)
 
-    def _timeline(self, history: History) -> Timeline:
+    def _timeline(self, events: list[LifecycleEvent], history: History) -> Timeline:
         return build_timeline(
-            history.events,
+            events,
             self._dimension_count,
             self._inactivity_days,
             history.watermark_ms,
@@ -154,7 +155,7 @@ class CustomerStage:
             return None
         return watermark_ms - self._retention_ms
 
-    def _pruned(self, history: History) -> History:
+    def _pruned(self, customer_id: str, history: History) -> History:
         """Fold what no accepted event can affect any more (README, Guarantees)."""
         oldest = self.oldest_accepted_ms(history.watermark_ms)
         if oldest is None:
@@ -162,81 +163,131 @@ class CustomerStage:
         cutoff = oldest - FOLD_MARGIN_MS  # the longest window reaching back from `oldest`
         if history.base is not None and history.base.time_ms >= cutoff:
             return history
-        folded = [e for e in history.events if e.time_ms < cutoff]
-        if not folded and not any(time_ms < cutoff for time_ms, _ in history.bare):
+        folded_rows = [row for row in history.rows if row[2] < cutoff]
+        if not folded_rows and not any(time_ms < cutoff for time_ms in history.bare_times):
             return history
+        folded = History(folded_rows, [], [], None).events(customer_id)
         base = fold(history.base, folded, cutoff, self._dimension_count, self._inactivity_days)
+        kept = [i for i, time_ms in enumerate(history.bare_times) if time_ms >= cutoff]
         return History(
-            [e for e in history.events if e.time_ms >= cutoff],
-            [(time_ms, i) for time_ms, i in history.bare if time_ms >= cutoff],
+            [row for row in history.rows if row[2] >= cutoff],
+            [history.bare_ids[i] for i in kept],
+            [history.bare_times[i] for i in kept],
             history.watermark_ms,
             base,
         )
 
-    def _update(self, customer_id: str, old: History, new: History) -> Deltas:
-        changes = changed_deltas(self._timeline(old), self._timeline(new))
-        self._store[customer_id] = self._pruned(new).to_stored()
-        expiry = pending_expiry_ms(new.events, self._inactivity_days, new.watermark_ms, new.base)
+    def _store_history(self, customer_id: str, history: History) -> None:
+        self._store[customer_id] = self._pruned(customer_id, history).encode()
+
+    def _update(
+        self,
+        customer_id: str,
+        old: History,
+        old_events: list[LifecycleEvent],
+        new: History,
+        new_events: list[LifecycleEvent],
+        into: DeltaSums,
+    ) -> None:
+        changed_deltas(self._timeline(old_events, old), self._timeline(new_events, new), into)
+        self._store_history(customer_id, new)
+        expiry = pending_expiry_ms(new_events, self._inactivity_days, new.watermark_ms, new.base)
         if expiry is not None:
             heapq.heappush(self._expiries, (expiry, customer_id))
-        return changes
 
     def apply_batch(
         self, events: Iterable[LifecycleEvent], watermark_ms: int | None
     ) -> BatchOutcome:
         by_customer: dict[str, list[LifecycleEvent]] = {}
         for event in events:
-            by_customer.setdefault(event.customer_id, []).append(event)
+            arrived = by_customer.get(event.customer_id)
+            if arrived is None:
+                by_customer[event.customer_id] = [event]
+            else:
+                arrived.append(event)
         outcome = BatchOutcome({})
-        activity_mode = self._inactivity_days is not None
-        oldest = self.oldest_accepted_ms(watermark_ms)
+        sums = DeltaSums()
         for customer_id, arrived in by_customer.items():
-            old = History.from_stored(self._store.get(customer_id))
-            seen = old.seen()
-            fresh = ordered_unique(e for e in arrived if e.event_id not in seen)
-            outcome.duplicates += len(arrived) - len(fresh)
-            if oldest is not None:
-                outcome.beyond_retention += sum(1 for e in fresh if e.time_ms < oldest)
-                fresh = [e for e in fresh if e.time_ms >= oldest]
-            outcome.applied += len(fresh)
-            if not fresh:
-                continue
-            bare = [(e.time_ms, e.event_id) for e in fresh if _never_matters(e, activity_mode)]
-            mattering = [e for e in fresh if not _never_matters(e, activity_mode)]
-            if not mattering:
-                new = History(old.events, old.bare + bare, old.watermark_ms, old.base)
-                self._store[customer_id] = self._pruned(new).to_stored()
-                continue
-            events = ordered_unique([*old.events, *mattering])
-            new = History(events, old.bare + bare, watermark_ms, old.base)
-            _merge_deltas(outcome.deltas, self._update(customer_id, old, new))
-        _merge_deltas(outcome.deltas, self.expire(watermark_ms))
+            self._apply_customer(customer_id, arrived, watermark_ms, outcome, sums)
+        self._expire(watermark_ms, sums)
+        outcome.deltas = sums.totals()
         return outcome
 
-    def expire(self, watermark_ms: int | None) -> Deltas:
+    def _fresh(self, history: History, arrived: list[LifecycleEvent]) -> list[LifecycleEvent]:
+        """The arrived events not seen before (first seen wins)."""
+        if len(arrived) == 1:
+            return [] if history.seen(arrived[0].event_id) else arrived
+        fresh: dict[str, LifecycleEvent] = {}
+        for event in arrived:
+            if event.event_id not in fresh and not history.seen(event.event_id):
+                fresh[event.event_id] = event
+        return list(fresh.values())
+
+    def _apply_customer(
+        self,
+        customer_id: str,
+        arrived: list[LifecycleEvent],
+        watermark_ms: int | None,
+        outcome: BatchOutcome,
+        sums: DeltaSums,
+    ) -> None:
+        old = History.decode(self._store.get(customer_id))
+        fresh = self._fresh(old, arrived)
+        outcome.duplicates += len(arrived) - len(fresh)
+        oldest = self.oldest_accepted_ms(watermark_ms)
+        if oldest is not None:
+            outcome.beyond_retention += sum(1 for e in fresh if e.time_ms < oldest)
+            fresh = [e for e in fresh if e.time_ms >= oldest]
+        outcome.applied += len(fresh)
+        if not fresh:
+            return
+        activity_mode = self._inactivity_days is not None
+        mattering = [e for e in fresh if not _never_matters(e, activity_mode)]
+        bare = (
+            [e for e in fresh if _never_matters(e, activity_mode)]
+            if len(mattering) < len(fresh)
+            else []
+        )
+        new = History(
+            old.rows,
+            old.bare_ids + [e.event_id for e in bare],
+            old.bare_times + [e.time_ms for e in bare],
+            old.watermark_ms,
+            old.base,
+        )
+        if not mattering:
+            self._store_history(customer_id, new)
+            return
+        old_events = old.events(customer_id)
+        new_events = ordered_unique([*old_events, *mattering])
+        new = new.with_events(new_events, watermark_ms)
+        self._update(customer_id, old, old_events, new, new_events, sums)
+
+    def _expire(self, watermark_ms: int | None, into: DeltaSums) -> None:
         """Activity mode: apply the trailing expiries the watermark has now reached."""
-        changes: Deltas = {}
         while watermark_ms is not None and self._expiries and self._expiries[0][0] <= watermark_ms:
             expiry, customer_id = heapq.heappop(self._expiries)
-            old = History.from_stored(self._store.get(customer_id))
-            pending = pending_expiry_ms(
-                old.events, self._inactivity_days, old.watermark_ms, old.base
-            )
+            old = History.decode(self._store.get(customer_id))
+            events = old.events(customer_id)
+            pending = pending_expiry_ms(events, self._inactivity_days, old.watermark_ms, old.base)
             if pending != expiry:
                 continue  # stale: the history changed since this expiry was scheduled
-            new = History(old.events, old.bare, watermark_ms, old.base)
-            _merge_deltas(changes, self._update(customer_id, old, new))
-        return changes
+            new = History(old.rows, old.bare_ids, old.bare_times, watermark_ms, old.base)
+            self._update(customer_id, old, events, new, events, into)
 
-    def rebuild_expiries(self) -> None:
-        """After recovery: schedule the pending expiries of every stored customer."""
+    def rebuild_expiries(self, stored: Iterable[tuple[str, bytes]] | None = None) -> None:
+        """After recovery: schedule the pending expiries of every stored customer
+        (`stored`: every (customer_id, history) held, by default the store's items)."""
         self._expiries.clear()
         if self._inactivity_days is None:
             return
-        for customer_id in list(self._store.keys()):
-            history = History.from_stored(self._store.get(customer_id))
+        for customer_id, value in list(self._store.items() if stored is None else stored):
+            history = History.decode(value)
             expiry = pending_expiry_ms(
-                history.events, self._inactivity_days, history.watermark_ms, history.base
+                history.events(customer_id),
+                self._inactivity_days,
+                history.watermark_ms,
+                history.base,
             )
             if expiry is not None:
                 self._expiries.append((expiry, customer_id))

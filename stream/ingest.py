@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -29,7 +29,6 @@ from aiokafka.errors import (
 )
 
 from stream import windows
-from stream.customers import event_to_row
 from stream.events import LifecycleEvent
 from stream.kafka_config import aiokafka_options
 from stream.observability import HealthMetrics, Metrics
@@ -39,6 +38,7 @@ from stream.routing import (
     RoutedBatch,
     dead_letter,
     encode_customer_batch,
+    final_day_cutoff,
     route_batch,
 )
 from stream.settings import Settings
@@ -56,36 +56,19 @@ STALL_SECONDS: Final = 10.0
 _WATCHDOG_INTERVAL_S: Final = 1.0
 
 
-def late_events(routed: RoutedBatch, watermark_ms: int | None, grace_ms: int) -> int:
-    """Events whose day window was already final before this batch."""
-    if watermark_ms is None:
-        return 0
-    return sum(
-        1
-        for events in routed.by_partition.values()
-        for event in events
-        if windows.end_ms(windows.DAY, windows.first_containing(windows.DAY, event.time_ms))
-        + grace_ms
-        <= watermark_ms
+def encoded_runs(
+    watermarks: Mapping[int, int], events: list[LifecycleEvent], limit: int
+) -> list[bytes]:
+    """`events` as customer-batch messages of at most `limit` bytes each (halved until
+    they fit; at least one event per message). An empty list gives one message, which
+    still carries the watermarks."""
+    encoded = encode_customer_batch(watermarks, events)
+    if len(encoded) <= limit or len(events) <= 1:
+        return [encoded]
+    half = len(events) // 2
+    return encoded_runs(watermarks, events[:half], limit) + encoded_runs(
+        watermarks, events[half:], limit
     )
-
-
-def chunked(events: list[LifecycleEvent], limit: int) -> Iterator[list[LifecycleEvent]]:
-    """Consecutive runs of `events` whose encoded rows stay under `limit` bytes (at least
-    one event per run; an empty list gives one empty run, which still carries watermarks)."""
-    if not events:
-        yield []
-        return
-    run: list[LifecycleEvent] = []
-    size = 0
-    for event in events:
-        row = len(orjson.dumps(event_to_row(event))) + 1
-        if run and size + row > limit:
-            yield run
-            run, size = [], 0
-        run.append(event)
-        size += row
-    yield run
 
 
 def customer_messages(
@@ -99,9 +82,9 @@ def customer_messages(
     if not routed.latest_by_input:
         return []
     return [
-        (target, encode_customer_batch(watermarks, run))
+        (target, message)
         for target in range(partitions)
-        for run in chunked(routed.by_partition.get(target, []), limit)
+        for message in encoded_runs(watermarks, routed.by_partition.get(target, []), limit)
     ]
 
 
@@ -207,11 +190,7 @@ class Ingest:
     async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         assert self._producer is not None and self._consumer is not None
         settings = self._settings
-        records = [
-            InputRecord(tp.partition, message.offset, message.value, message.key)
-            for tp, messages in batches.items()
-            for message in messages
-        ]
+        records = [message for messages in batches.values() for message in messages]
         self._metrics.mark_consumed(len(records))
         routed = route_batch(
             records,
@@ -220,8 +199,8 @@ class Ingest:
             now_ms=int(time.time() * 1000),
             max_future_ms=settings.max_future_seconds * 1000,
             oldest_ms=self._oldest_accepted_ms(),
+            late_before_ms=final_day_cutoff(self.watermark_ms, settings.grace_seconds * 1000),
         )
-        late = late_events(routed, self.watermark_ms, settings.grace_seconds * 1000)
         for partition, time_ms in routed.latest_by_input.items():
             self._watermarks[partition] = max(self._watermarks.get(partition, time_ms), time_ms)
         self._all_reported = await self._partitions_reported()
@@ -229,7 +208,7 @@ class Ingest:
         await asyncio.gather(*acks)
         committed = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         await self._commit(committed)
-        self._count(routed, late)
+        self._count(routed)
 
     async def _publish_watermarks(self) -> None:
         """A message without events to every internal partition, carrying the watermarks."""
@@ -277,13 +256,13 @@ class Ingest:
             acks.append(await self._producer.send(settings.dlq_topic, value, key=key))
         return acks
 
-    def _count(self, routed: RoutedBatch, late: int) -> None:
+    def _count(self, routed: RoutedBatch) -> None:
         metrics = self._metrics
         for event_type, count in routed.counts_by_type.items():
             metrics.events.labels(event_type).inc(count)
         for rejected in routed.rejected:
             metrics.invalid_events.labels(rejected.reason).inc()
-        metrics.late_events.inc(late)
+        metrics.late_events.inc(routed.late)
         if self.watermark_ms is not None:
             metrics.watermark.set(self.watermark_ms / 1000)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from stream.events import EventType, LifecycleEvent
 from stream.windows import DAY_MS
@@ -21,8 +21,7 @@ Segment = tuple[str | None, ...]
 _ACTIVATING = frozenset({EventType.SUBSCRIBED, EventType.REACTIVATED})
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     time_ms: int
     active: bool
     mrr_micros: int  # MRR in effect: latest mrr while active, 0 while inactive
@@ -31,62 +30,71 @@ class Step:
     purchase_micros: int | None = None
 
 
-@dataclass(slots=True)
 class Timeline:
-    steps: list[Step]
-    initial: Step
-    times: list[int] = field(init=False)
-    activation_times: list[int] = field(init=False)
-    first_activation_ms: int | None = field(init=False)
-    purchase_times: list[int] = field(init=False)
-    purchase_amount_prefix: list[int] = field(init=False)
-    purchases_folded: int = field(init=False, default=0)
+    """The steps of one customer plus the indexes window evaluation needs. A window is
+    seen through (i0, i1): how many steps lie before its start and before its end; for
+    step i the timeline knows the next activation / purchase at or after i, the purchases
+    before i and the last step at the same instant, so evaluating a window is O(1)."""
 
-    def __post_init__(self) -> None:
-        self.times = [step.time_ms for step in self.steps]
-        self.activation_times = [s.time_ms for s in self.steps if s.first_activation is not None]
-        firsts = [step.time_ms for step in self.steps if step.first_activation]
-        self.first_activation_ms = firsts[0] if firsts else None
-        self.purchase_times = []
-        self.purchase_amount_prefix = [0]
-        for step in self.steps:
-            if step.purchase_micros is not None:
-                self.purchase_times.append(step.time_ms)
-                self.purchase_amount_prefix.append(
-                    self.purchase_amount_prefix[-1] + step.purchase_micros
-                )
+    __slots__ = (
+        "activation_next",
+        "calendar",
+        "days",
+        "first_activation_index",
+        "initial",
+        "last_at_time",
+        "purchase_amount",
+        "purchase_count",
+        "purchase_next",
+        "purchases_folded",
+        "steps",
+        "times",
+        "values",
+    )
 
-    def rebase(self, base: Base) -> None:
-        """Account for what the folded history still decides (first activation, purchases)."""
-        if base.first_activation_ms is not None:
-            self.first_activation_ms = base.first_activation_ms
-        self.purchases_folded = base.purchases
+    def __init__(self, steps: list[Step], initial: Step, base: Base | None = None) -> None:
+        self.steps = steps
+        self.initial = initial
+        self.times = times = [step.time_ms for step in steps]
+        self.days = [time_ms // DAY_MS for time_ms in times]
+        count = len(steps)
+        activation_next = [count] * (count + 1)
+        purchase_next = [count] * (count + 1)
+        last_at_time = list(range(count))
+        for i in range(count - 1, -1, -1):
+            step = steps[i]
+            activation_next[i] = i if step.first_activation is not None else activation_next[i + 1]
+            purchase_next[i] = i if step.purchase_micros is not None else purchase_next[i + 1]
+            if i + 1 < count and times[i + 1] == times[i]:
+                last_at_time[i] = last_at_time[i + 1]
+        purchase_count = [0] * (count + 1)
+        purchase_amount = [0] * (count + 1)
+        first_activation_index = None
+        for i, step in enumerate(steps):
+            micros = step.purchase_micros
+            purchase_count[i + 1] = purchase_count[i] + (micros is not None)
+            purchase_amount[i + 1] = purchase_amount[i] + (micros or 0)
+            if step.first_activation and first_activation_index is None:
+                first_activation_index = i
+        self.activation_next = activation_next
+        self.purchase_next = purchase_next
+        self.last_at_time = last_at_time
+        self.purchase_count = purchase_count
+        self.purchase_amount = purchase_amount
+        # A first activation folded into the base lies before every window evaluated
+        # (README, Guarantees: the fold margin), so only a step can make a customer new.
+        self.first_activation_index = first_activation_index
+        self.purchases_folded = 0 if base is None else base.purchases
+        self.values: dict[tuple[int, int], Any] = {}  # (i0, i1) -> contribution, memoised
+        self.calendar: dict[Any, list[int]] = {}  # window kind -> window index of each step
+
+    @property
+    def final(self) -> Step:
+        return self.steps[-1] if self.steps else self.initial
 
     def state_before(self, boundary_ms: int) -> Step:
         index = bisect_left(self.times, boundary_ms) - 1
         return self.steps[index] if index >= 0 else self.initial
-
-    def first_activation_within(self, start_ms: int, end_ms: int) -> int | None:
-        position = bisect_left(self.activation_times, start_ms)
-        if position < len(self.activation_times) and self.activation_times[position] < end_ms:
-            return self.activation_times[position]
-        return None
-
-    def first_purchase_within(self, start_ms: int, end_ms: int) -> int | None:
-        position = bisect_left(self.purchase_times, start_ms)
-        if position < len(self.purchase_times) and self.purchase_times[position] < end_ms:
-            return self.purchase_times[position]
-        return None
-
-    def purchases_within(self, start_ms: int, end_ms: int) -> tuple[int, int]:
-        """(count, amount in micros) of purchases in [start, end)."""
-        low = bisect_left(self.purchase_times, start_ms)
-        high = bisect_left(self.purchase_times, end_ms)
-        prefix = self.purchase_amount_prefix
-        return high - low, prefix[high] - prefix[low]
-
-    def purchases_before(self, boundary_ms: int) -> int:
-        return self.purchases_folded + bisect_left(self.purchase_times, boundary_ms)
 
     def first_difference_ms(self, other: Timeline) -> int | None:
         """The earliest time at which the two timelines differ (None if identical)."""
@@ -244,10 +252,7 @@ def build_timeline(
     expiry = replay.expiry_ms()
     if expiry is not None and watermark_ms is not None and expiry <= watermark_ms:
         steps.append(replay.expire(expiry))
-    timeline = Timeline(steps, initial)
-    if base is not None:
-        timeline.rebase(base)
-    return timeline
+    return Timeline(steps, initial, base)
 
 
 def fold(

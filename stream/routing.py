@@ -8,15 +8,30 @@ two internal topics (customer batches, segment deltas).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
+from stream import windows
 from stream.aggregation import DimensionDeltas
 from stream.customers import event_from_row, event_to_row, partition_for
 from stream.events import InvalidEventError, LifecycleEvent, decode_event
+
+
+class RecordLike(Protocol):
+    """What routing reads of an input message (an aiokafka ConsumerRecord has it)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def key(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +44,7 @@ class InputRecord:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    record: InputRecord
+    record: RecordLike
     reason: str
     detail: str
 
@@ -39,47 +54,73 @@ class RoutedBatch:
     by_partition: dict[int, list[LifecycleEvent]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     latest_by_input: dict[int, int] = field(default_factory=dict)  # input partition -> max time
-    counts_by_type: dict[str, int] = field(default_factory=dict)
+    late: int = 0  # events whose day window was already final
 
     @property
     def valid(self) -> int:
         return sum(len(events) for events in self.by_partition.values())
 
+    @property
+    def counts_by_type(self) -> dict[str, int]:
+        counts = Counter(event.type for events in self.by_partition.values() for event in events)
+        return {str(kind): count for kind, count in counts.items()}
 
-def _check_time(
-    event: LifecycleEvent, now_ms: int, max_future_ms: int, oldest_ms: int | None
-) -> None:
-    if event.time_ms > now_ms + max_future_ms:
-        raise InvalidEventError("too_far_in_future", "occurred_at is beyond the allowed clock skew")
-    if oldest_ms is not None and event.time_ms < oldest_ms:
-        raise InvalidEventError(
-            "beyond_retention", "occurred_at is older than the watermark minus the retention"
-        )
+
+def final_day_cutoff(watermark_ms: int | None, grace_ms: int) -> int | None:
+    """Events before this instant belong to a day window that is final at `watermark_ms`
+    (its end plus the grace period is at or before the watermark)."""
+    if watermark_ms is None:
+        return None
+    return (watermark_ms - grace_ms) // windows.DAY_MS * windows.DAY_MS
 
 
 def route_batch(
-    records: Iterable[InputRecord],
+    records: Iterable[RecordLike],
     dimensions: tuple[str, ...],
     partitions: int,
     now_ms: int,
     max_future_ms: int,
     oldest_ms: int | None = None,
+    late_before_ms: int | None = None,
 ) -> RoutedBatch:
+    """Validate, set aside the invalid, group the valid by the partition that owns their
+    customer, and count the late ones (before `late_before_ms`)."""
     routed = RoutedBatch()
+    by_partition = routed.by_partition
+    latest = routed.latest_by_input
+    horizon = now_ms + max_future_ms
+    late = 0
     for record in records:
         try:
-            if record.value is None:
+            value = record.value
+            if value is None:
                 raise InvalidEventError("empty_message", "the message has no value")
-            event = decode_event(record.value, dimensions)
-            _check_time(event, now_ms, max_future_ms, oldest_ms)
+            event = decode_event(value, dimensions)
+            time_ms = event.time_ms
+            if time_ms > horizon:
+                raise InvalidEventError(
+                    "too_far_in_future", "occurred_at is beyond the allowed clock skew"
+                )
+            if oldest_ms is not None and time_ms < oldest_ms:
+                raise InvalidEventError(
+                    "beyond_retention",
+                    "occurred_at is older than the watermark minus the retention",
+                )
         except InvalidEventError as error:
             routed.rejected.append(Rejected(record, error.reason, error.detail))
             continue
         target = partition_for(event.customer_id, partitions)
-        routed.by_partition.setdefault(target, []).append(event)
-        latest = routed.latest_by_input.get(record.partition, event.time_ms)
-        routed.latest_by_input[record.partition] = max(latest, event.time_ms)
-        routed.counts_by_type[event.type.value] = routed.counts_by_type.get(event.type.value, 0) + 1
+        bucket = by_partition.get(target)
+        if bucket is None:
+            by_partition[target] = [event]
+        else:
+            bucket.append(event)
+        source = record.partition
+        if time_ms > latest.get(source, -(1 << 62)):
+            latest[source] = time_ms
+        if late_before_ms is not None and time_ms < late_before_ms:
+            late += 1
+    routed.late = late
     return routed
 
 

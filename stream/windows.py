@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Final
 
 DAY_MS: Final = 86_400_000
@@ -20,6 +19,7 @@ _EPOCH_WEEKDAY_OFFSET_DAYS: Final = 3  # 1970-01-01 was a Thursday; ISO weeks st
 class WindowKind:
     name: str
     rolling_days: int = 0  # 0 for calendar kinds
+    months: int = 0  # calendar kinds made of whole months: 1, 3 or 12
 
     @property
     def rolling(self) -> bool:
@@ -28,52 +28,65 @@ class WindowKind:
 
 DAY = WindowKind("day")
 WEEK = WindowKind("week")
-MONTH = WindowKind("month")
-QUARTER = WindowKind("quarter")
-YEAR = WindowKind("year")
+MONTH = WindowKind("month", months=1)
+QUARTER = WindowKind("quarter", months=3)
+YEAR = WindowKind("year", months=12)
 ROLLING_7D = WindowKind("rolling_7d", 7)
 ROLLING_30D = WindowKind("rolling_30d", 30)
 ROLLING_90D = WindowKind("rolling_90d", 90)
 ALL_KINDS: Final = (DAY, WEEK, MONTH, QUARTER, YEAR, ROLLING_7D, ROLLING_30D, ROLLING_90D)
 KINDS_BY_NAME: Final = {kind.name: kind for kind in ALL_KINDS}
 
-
-def _months_per_window(kind: WindowKind) -> int:
-    return {"month": 1, "quarter": 3, "year": 12}[kind.name]
+# Month arithmetic is on the customer stage's hot path: memoised per day / month number.
+_MONTH_OF_DAY: dict[int, int] = {}
+_MONTH_START_MS: dict[int, int] = {}
 
 
 def _month_start_ms(month_number: int) -> int:
     """Start of a month counted as year * 12 + (month - 1)."""
-    year, month_zero = divmod(month_number, 12)
-    moment = datetime(year, month_zero + 1, 1, tzinfo=UTC)
-    return int(moment.timestamp()) * 1000
+    start = _MONTH_START_MS.get(month_number)
+    if start is None:
+        year, month_zero = divmod(month_number, 12)
+        start = int(datetime(year, month_zero + 1, 1, tzinfo=UTC).timestamp()) * 1000
+        _MONTH_START_MS[month_number] = start
+    return start
 
 
-def _month_number(time_ms: int) -> int:
-    moment = datetime.fromtimestamp(time_ms // 1000, tz=UTC)
-    return moment.year * 12 + moment.month - 1
+def _month_of_day(day: int) -> int:
+    month = _MONTH_OF_DAY.get(day)
+    if month is None:
+        moment = datetime.fromtimestamp(day * 86_400, tz=UTC)
+        month = _MONTH_OF_DAY[day] = moment.year * 12 + moment.month - 1
+    return month
 
 
-@lru_cache(maxsize=1 << 16)
-def start_ms(kind: WindowKind, k: int) -> int:
-    if kind.rolling:
-        return (k - kind.rolling_days) * DAY_MS
+def calendar_index(kind: WindowKind, day: int) -> int:
+    """The index of the calendar window of `kind` containing UTC day number `day`."""
     if kind is DAY:
-        return k * DAY_MS
+        return day
     if kind is WEEK:
-        return (7 * k - _EPOCH_WEEKDAY_OFFSET_DAYS) * DAY_MS
-    return _month_start_ms(k * _months_per_window(kind))
-
-
-@lru_cache(maxsize=1 << 16)
-def end_ms(kind: WindowKind, k: int) -> int:
-    if kind.rolling:
-        return k * DAY_MS
-    return start_ms(kind, k + 1)
+        return (day + _EPOCH_WEEKDAY_OFFSET_DAYS) // 7
+    return _month_of_day(day) // kind.months
 
 
 def bounds(kind: WindowKind, k: int) -> tuple[int, int]:
-    return start_ms(kind, k), end_ms(kind, k)
+    """The half-open `[start_ms, end_ms)` of window k."""
+    if kind.rolling_days:
+        return (k - kind.rolling_days) * DAY_MS, k * DAY_MS
+    if kind is DAY:
+        return k * DAY_MS, (k + 1) * DAY_MS
+    if kind is WEEK:
+        start = (7 * k - _EPOCH_WEEKDAY_OFFSET_DAYS) * DAY_MS
+        return start, start + 7 * DAY_MS
+    return _month_start_ms(k * kind.months), _month_start_ms((k + 1) * kind.months)
+
+
+def start_ms(kind: WindowKind, k: int) -> int:
+    return bounds(kind, k)[0]
+
+
+def end_ms(kind: WindowKind, k: int) -> int:
+    return bounds(kind, k)[1]
 
 
 def window_days(kind: WindowKind, k: int) -> float:
@@ -83,18 +96,10 @@ def window_days(kind: WindowKind, k: int) -> float:
 
 def first_containing(kind: WindowKind, time_ms: int) -> int:
     """The smallest k whose window contains `time_ms` (the only one for calendar kinds)."""
-    return _first_containing_day(kind, time_ms // DAY_MS)
-
-
-@lru_cache(maxsize=1 << 16)
-def _first_containing_day(kind: WindowKind, day: int) -> int:
-    if kind.rolling:
+    day = time_ms // DAY_MS
+    if kind.rolling_days:
         return day + 1
-    if kind is DAY:
-        return day
-    if kind is WEEK:
-        return (day + _EPOCH_WEEKDAY_OFFSET_DAYS) // 7
-    return _month_number(day * DAY_MS) // _months_per_window(kind)
+    return calendar_index(kind, day)
 
 
 def last_containing(kind: WindowKind, time_ms: int) -> int:

@@ -1,8 +1,22 @@
 """The input contract: what is accepted, and the reason code of everything rejected."""
 
-import pytest
+import json
+from datetime import datetime
 
-from stream.events import MAX_MESSAGE_BYTES, EventType, InvalidEventError, decode_event
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.events import (
+    MAX_MESSAGE_BYTES,
+    EventType,
+    InvalidEventError,
+    LifecycleEvent,
+    _decode_plain,
+    compact,
+    decode_event,
+    parse_event,
+)
 
 GOOD = (
     b'{"event_id":"e1","type":"subscribed","customer_id":"c1",'
@@ -114,3 +128,107 @@ def test_too_many_attributes_are_rejected():
     with pytest.raises(InvalidEventError) as caught:
         decode_event(raw, ())
     assert caught.value.reason == "invalid_attributes"
+
+
+# -- the fast path agrees with the pydantic model -------------------------------------------
+_texts = st.one_of(
+    st.sampled_from(["", "e", "c-1", "x" * 128, "x" * 129, "é", "\x00", " "]), st.text(max_size=8)
+)
+_times = st.one_of(
+    st.sampled_from(
+        [
+            "2026-03-01T12:00:00Z",
+            "2026-03-01T12:00:00.5+02:00",
+            "2026-03-01T12:00:00.123456-05:30",
+            "2026-03-01T12:00:00.1234567Z",
+            "2026-03-01T12:00:00",
+            "2026-03-01 12:00:00Z",
+            "2026-03-01T12:00:60Z",
+            "2026-02-30T12:00:00Z",
+            "1999-12-31T23:59:59.999Z",
+            "2000-01-01T00:00:00Z",
+            "2026-03-01T12:00:00+24:00",
+            "2026-03-01",
+            "0000-01-01T00:00:00Z",
+        ]
+    ),
+    st.datetimes(timezones=st.timezones()).map(lambda moment: moment.isoformat()),
+    st.integers(),
+)
+_money = st.one_of(
+    st.none(),
+    st.sampled_from([0, -0.0, 1, 9.99, 1e9, 1e9 + 1, -1, True, "5", float("nan")]),
+    st.floats(allow_nan=False),
+    st.integers(),
+)
+_attributes = st.one_of(
+    st.none(),
+    st.dictionaries(_texts, st.one_of(_texts, st.integers(), st.none()), max_size=4),
+    st.sampled_from([{f"k{i}": "v" for i in range(33)}, {"plan": "x" * 129}, [], "plan"]),
+)
+
+
+@st.composite
+def _bodies(draw) -> bytes:
+    body = {
+        "event_id": draw(st.one_of(_texts, st.integers(), st.none())),
+        "type": draw(st.one_of(st.sampled_from([*EventType, "paused", "Churned"]), st.integers())),
+        "customer_id": draw(st.one_of(_texts, st.none())),
+        "occurred_at": draw(_times),
+        "mrr": draw(_money),
+        "amount": draw(_money),
+        "attributes": draw(_attributes),
+        "extra": draw(st.one_of(st.none(), st.integers())),
+    }
+    dropped = draw(st.sets(st.sampled_from(sorted(body))))
+    kept = {key: value for key, value in body.items() if key not in dropped}
+    return json.dumps(kept, allow_nan=True).encode()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=_bodies(), dimensions=st.sampled_from([(), ("plan",), ("plan", "k1")]))
+def test_the_fast_path_decodes_exactly_what_the_model_decodes(raw, dimensions):
+    fast = _decode_plain(raw, dimensions)
+    try:
+        slow = compact(parse_event(raw), dimensions)
+    except InvalidEventError:
+        assert fast is None  # the fast path never accepts what the contract rejects
+        return
+    if fast is not None:
+        assert fast == slow
+        assert type(fast) is LifecycleEvent
+
+
+@st.composite
+def _plain_bodies(draw) -> dict:
+    kind = draw(st.sampled_from(list(EventType)))
+    moment = draw(
+        st.datetimes(
+            min_value=datetime(2000, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.timezones()
+        )
+    )
+    body = {
+        "event_id": draw(st.text(min_size=1, max_size=128)),
+        "type": kind.value,
+        "customer_id": draw(st.text(min_size=1, max_size=128)),
+        "occurred_at": moment.isoformat().replace("+00:00", draw(st.sampled_from(["Z", "+00:00"]))),
+        "attributes": draw(
+            st.dictionaries(st.text(min_size=1, max_size=64), st.text(max_size=128), max_size=32)
+        ),
+    }
+    money = st.one_of(st.integers(0, 10**9), st.floats(0, 1e9))
+    if kind in ("subscribed", "reactivated", "plan_changed", "renewed") and draw(st.booleans()):
+        body["mrr"] = draw(money)
+    if kind == "purchase":
+        body["amount"] = draw(money)
+    return body
+
+
+@settings(max_examples=1000, deadline=None)
+@given(body=_plain_bodies())
+def test_plain_events_take_the_fast_path_and_decode_as_the_model_does(body):
+    raw = json.dumps(body).encode()
+    slow = compact(parse_event(raw), ("plan", "region"))
+    if len(body["occurred_at"]) > 32 or body["occurred_at"][19] not in ".Z+-":
+        return  # offsets with seconds and the like are left to the model
+    assert _decode_plain(raw, ("plan", "region")) == slow

@@ -8,6 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream.customers import History
 from stream.local_pipeline import LocalPipeline
 from tests.compare import differences
 from tests.unit.test_stream_equals_batch import DIMENSIONS, TYPES, batch_records
@@ -54,6 +55,14 @@ def test_pruned_stream_equals_the_full_batch(deliveries, inactivity_days):
     assert differences(latest, batch_records(raw, inactivity_days)) == []
 
 
+def _stored_history(pipeline: LocalPipeline, customer_id: str) -> History:
+    return next(
+        History.decode(p.stage._store[customer_id])
+        for p in pipeline.customers
+        if customer_id in p.stage._store
+    )
+
+
 def test_old_history_is_folded_away():
     pipeline = LocalPipeline(dimensions=DIMENSIONS, retention_days=RETENTION_DAYS)
     events = [
@@ -72,11 +81,11 @@ def test_old_history_is_folded_away():
     ]
     latest = pipeline.run([[event] for event in events])
     assert differences(latest, batch_records(events, None)) == []
-    stored = next(p.stage._store["c"] for p in pipeline.customers if "c" in p.stage._store)
+    stored = _stored_history(pipeline, "c")
     kept_days = (800 - 10) - (RETENTION_DAYS + 367)
-    assert stored["b"] is not None
-    assert len(stored["e"]) <= kept_days // 10 + 2
-    assert stored["b"][7] == 80 - len(stored["e"])  # folded purchases still count for repeats
+    assert stored.base is not None
+    assert len(stored.rows) <= kept_days // 10 + 2
+    assert stored.base.purchases == 80 - len(stored.rows)  # folded purchases count for repeats
 
 
 def test_a_folded_purchase_still_makes_a_later_one_a_repeat():
@@ -94,8 +103,8 @@ def test_a_folded_purchase_still_makes_a_later_one_a_repeat():
     ]
     pipeline = LocalPipeline(dimensions=DIMENSIONS, retention_days=RETENTION_DAYS)
     latest = pipeline.run([[event] for event in events])
-    stored = next(p.stage._store["c"] for p in pipeline.customers if "c" in p.stage._store)
-    assert stored["b"] is not None and stored["b"][7] == 1
+    stored = _stored_history(pipeline, "c")
+    assert stored.base is not None and stored.base.purchases == 1
     day = latest[f"day/all/all/{at(800)[:10]}T00:00:00+00:00"]
     assert (day["purchasing_customers"], day["repeat_purchasers"]) == (1, 1)
     assert differences(latest, batch_records(events, None)) == []

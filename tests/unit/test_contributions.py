@@ -1,0 +1,86 @@
+"""The customer stage's incremental difference arrays equal a brute-force evaluation of
+every window, whatever the old and new histories (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream import windows
+from stream.contributions import Deltas, DeltaSums, changed_deltas, window_contribution
+from stream.events import EventType, LifecycleEvent
+from stream.lifecycle import Timeline, build_timeline, ordered_unique
+
+DAY = windows.DAY_MS
+START = 20_454 * DAY  # 2026-01-01
+TYPES = list(EventType)
+
+
+@st.composite
+def events(draw, prefix: str) -> list[LifecycleEvent]:
+    drawn = []
+    for number in range(draw(st.integers(0, 7))):
+        kind = draw(st.sampled_from(TYPES))
+        time_ms = START + draw(
+            st.one_of(
+                st.integers(0, 400 * DAY),
+                st.integers(0, 400).map(lambda day: day * DAY),  # window edges
+            )
+        )
+        mrr = (
+            draw(st.sampled_from([None, 0, 10, 25])) if kind in ("subscribed", "renewed") else None
+        )
+        amount = draw(st.sampled_from([1, 7])) if kind == "purchase" else None
+        segment = (draw(st.sampled_from([None, "a", "b"])),)
+        drawn.append(LifecycleEvent("c", f"{prefix}{number}", kind, time_ms, mrr, amount, segment))
+    return drawn
+
+
+def brute_force(timeline: Timeline, lowest_day: int, highest_day: int) -> Deltas:
+    """Difference arrays from evaluating every window index in a range that covers every
+    step (before it: nothing; after it: constant)."""
+    deltas: Deltas = {}
+    for kind in windows.ALL_KINDS:
+        low = windows.first_containing(kind, lowest_day * DAY) - 1
+        high = windows.first_starting_after(kind, highest_day * DAY) + 1
+        previous = None
+        for k in range(low, high + 1):
+            current = window_contribution(timeline, *windows.bounds(kind, k))
+            for value, sign in ((current, 1), (previous, -1)):
+                if value is not None:
+                    key = (kind.name, k, value[0])
+                    total = deltas.get(key, (0,) * 18)
+                    deltas[key] = tuple(a + sign * b for a, b in zip(total, value[1], strict=True))
+            previous = current
+    return deltas
+
+
+def subtract(new: Deltas, old: Deltas) -> Deltas:
+    keys = new.keys() | old.keys()
+    zero = (0,) * 18
+    result = {
+        key: tuple(a - b for a, b in zip(new.get(key, zero), old.get(key, zero), strict=True))
+        for key in keys
+    }
+    return {key: value for key, value in result.items() if any(value)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    earlier=events("old"),
+    later=events("new"),
+    inactivity_days=st.sampled_from([None, None, 20]),
+    watermark_days=st.sampled_from([None, 100, 500]),
+)
+def test_incremental_change_equals_brute_force(earlier, later, inactivity_days, watermark_days):
+    watermark = None if watermark_days is None else START + watermark_days * DAY
+    old_events = ordered_unique(earlier)
+    new_events = ordered_unique([*earlier, *later])
+    old = build_timeline(old_events, 1, inactivity_days, watermark)
+    new = build_timeline(new_events, 1, inactivity_days, watermark)
+    days = [t // DAY for t in old.times + new.times] or [START // DAY]
+    low, high = min(days), max(days)
+    expected = subtract(brute_force(new, low, high), brute_force(old, low, high))
+    sums = DeltaSums()
+    changed_deltas(old, new, sums)
+    assert sums.totals() == expected
