@@ -10,16 +10,22 @@ messages caused. So each stage keeps its own position, in its own table (same ch
 partition as the state it guards, written after that state):
 
 - customers: before sending the differences of customer-batch message X, a write-ahead
-  record `{offset: X, deltas}` is written and acknowledged. On the first message of a
-  partition after a (re)assignment, the recorded X is redone: its events are re-applied
-  (by event_id, so whatever part of X's history writes survived is kept, the rest
-  written) and the recorded differences are re-sent unchanged, so that the segment
+  record `{offset: X, deltas}` is written and acknowledged (after the differences of the
+  previous batch are: the record replaces theirs). The histories X changed are written
+  after the differences are sent, without waiting: they follow the record in the same
+  changelog partition, so the next record's acknowledgement implies theirs. On the first
+  message of a partition after a (re)assignment, the recorded X is redone: its events are
+  re-applied (by event_id, so whatever part of X's history writes survived is kept, the
+  rest written) and the recorded differences are re-sent unchanged, so that the segment
   stage's per-(source partition, offset) check makes each entry count them exactly once.
-- segments: the position is written after the entries of each message.
+- segments: the position is written after the entries of each message, in the same
+  changelog partition, without waiting: whatever prefix of those writes survives a crash,
+  the entries' per-(source partition, offset) checks make the messages after the restored
+  position apply exactly once when they are read again.
 - both: a message at or below the position is skipped; a message beyond position + 1 means
   the consumer skipped something, which is read back from Kafka and applied first, in
   order.
-Every table write is acknowledged before the message counts as processed.
+Metric records and alerts are acknowledged before the tables note them as sent.
 """
 
 from __future__ import annotations
@@ -226,6 +232,8 @@ class Worker:
         default_factory=lambda: {"customers": {}, "segments": {}}
     )
     assigned: dict[str, set[int]] = field(default_factory=dict)
+    # customer partition -> acknowledgements of the differences its last batch sent
+    delta_acks: dict[int, list[Any]] = field(default_factory=dict)
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -335,9 +343,8 @@ def _bulk_table(app: faust.App, name: str, settings: Settings) -> BulkTable:
         default=None,
         beacon=app.tables.beacon,
         partitions=settings.partitions,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
+        key_type=bytes,  # raw keys and values, also in the changelog
+        value_type=bytes,
     )
     app.tables.add(table)
     return table
@@ -505,7 +512,9 @@ async def _apply_customer_batch(
             continue
         value = encode_deltas(partition, offset, known, deltas)
         messages.append([dimension, partition_for(dimension, worker.settings.partitions), value])
-    # Write-ahead: what is about to be sent, durable before it is sent.
+    # Write-ahead: what is about to be sent, durable before it is sent. The previous
+    # batch's differences must be acknowledged first: this record replaces theirs.
+    await _settle_deltas(worker, partition)
     wal = {
         "o": offset,
         "d": [[dimension, target, _pack(value)] for dimension, target, value in messages],
@@ -513,13 +522,20 @@ async def _apply_customer_batch(
     table = worker.customers_table
     table.stage(partition, _wal_key(partition), orjson.dumps(wal))
     await table.flush()
-    await _send_deltas(delta_topic, messages)
+    worker.delta_acks[partition] = await _send_deltas(delta_topic, messages)
+    # The histories follow the record in the same changelog partition, so the next
+    # record's acknowledgement implies theirs.
     worker.customer_store.commit()
-    await table.flush()
+    await table.send()
     worker.confirmed["customers"][partition] = offset
     worker.metrics.applied_events.inc(outcome.applied)
     worker.metrics.duplicate_events.inc(outcome.duplicates)
     worker.health.beyond_retention.inc(outcome.beyond_retention)
+
+
+async def _settle_deltas(worker: Worker, partition: int) -> None:
+    for ack in worker.delta_acks.pop(partition, []):
+        await ack
 
 
 async def _redo_customer_batch(
@@ -541,7 +557,8 @@ async def _redo_customer_batch(
         watermark = min(known.values()) if known else None
         worker.customers.apply_batch(events, watermark)  # histories only: the differences
         # that were computed before the crash are the ones re-sent below
-    await _send_deltas(delta_topic, messages)
+    for ack in await _send_deltas(delta_topic, messages):
+        await ack
     worker.customer_store.commit()
     await worker.customers_table.flush()
     worker.confirmed["customers"][partition] = offset
@@ -549,12 +566,12 @@ async def _redo_customer_batch(
     log.info("customers: completed batch %d of partition %d after a restart", offset, partition)
 
 
-async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> None:
-    acks = []
-    for dimension, target, value in messages:
-        acks.append(await delta_topic.send(key=dimension.encode(), value=value, partition=target))
-    for ack in acks:
-        await ack
+async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> list[Any]:
+    """Send the differences; the acknowledgements to wait for."""
+    return [
+        await delta_topic.send(key=dimension.encode(), value=value, partition=target)
+        for dimension, target, value in messages
+    ]
 
 
 async def _read_one(worker: Worker, topic: str, partition: int, offset: int) -> bytes | None:
@@ -615,8 +632,6 @@ async def _apply_deltas(
     await _maybe_flush(worker, partition, outputs)
     entries = worker.aggregate_tables[0]
     entries[position_key(partition)] = offset  # after the entries: same changelog partition
-    for table in (*worker.aggregate_tables, worker.spike_table):
-        await table.acknowledged()
     worker.confirmed["segments"][partition] = offset
 
 

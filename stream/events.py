@@ -245,8 +245,12 @@ def _decode_plain(raw: bytes, dimensions: tuple[str, ...]) -> LifecycleEvent | N
         return None
     if type(body) is not dict:
         return None
-    event_id, customer_id = body.get("event_id"), body.get("customer_id")
-    kind = EVENT_TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    event_id, customer_id, type_name = (
+        body.get("event_id"),
+        body.get("customer_id"),
+        body.get("type"),
+    )
+    kind = EVENT_TYPES.get(type_name) if type(type_name) is str else None
     if kind is None or not (_plain_id(event_id) and _plain_id(customer_id)):
         return None
     time_ms = _plain_time_ms(body.get("occurred_at"))

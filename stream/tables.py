@@ -28,6 +28,8 @@ from faust.types import TP
 
 # Records per changelog producer batch stay under the broker's default message limit.
 BULK_BATCH_BYTES: Final = 512 * 1024
+# Unawaited changelog writes are forgotten once acknowledged (checked every this many).
+_PRUNE_AT: Final = 4096
 
 
 class LazyProducer:
@@ -62,9 +64,13 @@ class DurableTable(faust.Table):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[Any] = []
+        self._prune_at = _PRUNE_AT
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         future = super().send_changelog(*args, **kwargs)
+        if len(self._unacknowledged) >= self._prune_at:
+            self._unacknowledged = [f for f in self._unacknowledged if not f.done()]
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._unacknowledged))
         self._unacknowledged.append(future)
         return future
 
@@ -81,6 +87,7 @@ class BulkTable(DurableTable):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._staged: dict[int, dict[bytes, bytes]] = {}
+        self._in_flight: list[tuple[int, Any, int]] = []  # (partition, ack, records)
         self._producer: LazyProducer | None = None
         self._one_record_batches = False
 
@@ -121,20 +128,30 @@ class BulkTable(DurableTable):
         self._staged.setdefault(partition, {})[key] = value
 
     async def flush(self) -> None:
-        """Write everything staged to the store and the changelog, and wait until the
-        broker acknowledged the changelog records."""
+        """Write everything staged and wait until the broker acknowledged it all."""
+        await self.send()
+        await self.settled()
+
+    async def send(self) -> None:
+        """Write everything staged to the store and hand its changelog records to the
+        producer, without waiting for the broker (see `settled`)."""
         staged, self._staged = self._staged, {}
-        sent = []
         for partition, items in staged.items():
             if items:
                 self._write_store(partition, items)
-                sent.extend(await self._send_changelog(partition, items))
+                self._in_flight.extend(await self._send_changelog(partition, items))
+
+    async def settled(self) -> None:
+        """Wait until every changelog record sent so far is acknowledged, then record the
+        changelog offsets the store holds."""
+        in_flight, self._in_flight = self._in_flight, []
         last: dict[int, int] = {}
-        for partition, future, count in sent:
+        for partition, future, count in in_flight:
             metadata = await future
             last[partition] = max(last.get(partition, -1), metadata.offset + count - 1)
+        topic = self.changelog_topic_name
         for partition, offset in last.items():
-            self.data.set_persisted_offset(TP(self.changelog_topic_name, partition), offset)
+            self.data.set_persisted_offset(TP(topic, partition), offset)
 
     def _write_store(self, partition: int, items: dict[bytes, bytes]) -> None:
         memory = self._memory()

@@ -160,6 +160,10 @@ _money = st.one_of(
     st.sampled_from([0, -0.0, 1, 9.99, 1e9, 1e9 + 1, -1, True, "5", float("nan")]),
     st.floats(allow_nan=False),
     st.integers(),
+    st.lists(st.integers(), max_size=2),
+)
+_containers = st.one_of(
+    st.lists(st.integers(), max_size=2), st.dictionaries(_texts, _texts, max_size=2)
 )
 _attributes = st.one_of(
     st.none(),
@@ -171,10 +175,14 @@ _attributes = st.one_of(
 @st.composite
 def _bodies(draw) -> bytes:
     body = {
-        "event_id": draw(st.one_of(_texts, st.integers(), st.none())),
-        "type": draw(st.one_of(st.sampled_from([*EventType, "paused", "Churned"]), st.integers())),
-        "customer_id": draw(st.one_of(_texts, st.none())),
-        "occurred_at": draw(_times),
+        "event_id": draw(st.one_of(_texts, st.integers(), st.none(), _containers)),
+        "type": draw(
+            st.one_of(
+                st.sampled_from([*EventType, "paused", "Churned"]), st.integers(), _containers
+            )
+        ),
+        "customer_id": draw(st.one_of(_texts, st.none(), _containers)),
+        "occurred_at": draw(st.one_of(_times, _containers)),
         "mrr": draw(_money),
         "amount": draw(_money),
         "attributes": draw(_attributes),
