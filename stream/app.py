@@ -71,6 +71,22 @@ TICK = b"tick"
 # and without the aggregate entries' separator, so they can never collide with data.
 RESERVED_PREFIX: Final = "\x00churn-stream\x00" + "~" * MAX_ID_LENGTH
 REFETCH_TIMEOUT_S: Final = 60.0
+# Table writes the segment stage may have in flight before it waits for the broker.
+MAX_UNACKNOWLEDGED_WRITES: Final = 2000
+# RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and up to
+# 3 x 64 MiB of memtables for every partition of every table): what bounds the worker's
+# RSS with the RocksDB store. README, Sizing.
+_MIB: Final = 1024 * 1024
+CUSTOMERS_ROCKSDB: Final = {
+    "write_buffer_size": 16 * _MIB,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 32 * _MIB,
+}
+SMALL_TABLE_ROCKSDB: Final = {
+    "write_buffer_size": 4 * _MIB,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 * _MIB,
+}
 
 
 def position_key(partition: int) -> str:
@@ -274,7 +290,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     health = HealthMetrics.create(metrics.registry)
 
     def table(name: str) -> DurableTable:
-        created = app.Table(name, default=None, partitions=settings.partitions, key_type=str)
+        created = app.Table(
+            name,
+            default=None,
+            partitions=settings.partitions,
+            key_type=str,
+            options=SMALL_TABLE_ROCKSDB,
+        )
         assert isinstance(created, DurableTable)
         return created
 
@@ -345,6 +367,7 @@ def _bulk_table(app: faust.App, name: str, settings: Settings) -> BulkTable:
         partitions=settings.partitions,
         key_type=bytes,  # raw keys and values, also in the changelog
         value_type=bytes,
+        options=CUSTOMERS_ROCKSDB,
     )
     app.tables.add(table)
     return table
@@ -633,6 +656,8 @@ async def _apply_deltas(
     entries = worker.aggregate_tables[0]
     entries[position_key(partition)] = offset  # after the entries: same changelog partition
     worker.confirmed["segments"][partition] = offset
+    for table in (*worker.aggregate_tables, worker.spike_table):
+        await table.backpressure(MAX_UNACKNOWLEDGED_WRITES)
 
 
 async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None:

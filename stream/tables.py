@@ -74,6 +74,15 @@ class DurableTable(faust.Table):  # type: ignore[misc]
         self._unacknowledged.append(future)
         return future
 
+    async def backpressure(self, limit: int) -> None:
+        """Wait for the broker while more than `limit` changelog writes are unacknowledged
+        (a stage that does not wait per message must not outrun the producer)."""
+        if len(self._unacknowledged) > limit:
+            self._unacknowledged = [f for f in self._unacknowledged if not f.done()]
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._unacknowledged))
+            if len(self._unacknowledged) > limit:
+                await self.acknowledged()
+
     async def acknowledged(self) -> None:
         """Wait until every changelog write made so far is acknowledged by the broker."""
         pending, self._unacknowledged = self._unacknowledged, []
