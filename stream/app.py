@@ -308,7 +308,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     store = PartitionStore(customers_table, is_reserved)
     state_producer = LazyProducer(aiokafka_options(settings))
-    customers_table.attach(state_producer, one_record_batches=settings.producer_max_batch_size <= 1)
+    customers_table.attach(state_producer)
     emitted_store = BufferedStore(emitted)
     spike_table = table("spike-state")
     spike_store = BufferedStore(spike_table)

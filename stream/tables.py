@@ -10,10 +10,10 @@ write path (a future, a callback and a persisted-offset write per key) costs ~20
 this costs ~2 µs. Recovery, standby replicas and rebalances stay faust's: the changelog
 records are exactly those faust would have written for a table of raw keys and values.
 
-What this relies on in faust-streaming 0.15.3 (pinned by tests/integration/test_tables.py):
-the memory store keeps its items in `Store.data` and the partition of each key in
-`Store._key_partition`; the RocksDB store opens one database per partition
-(`Store._db_for_partition`) and keeps raw bytes.
+What this relies on in faust-streaming 0.15.3 (pinned by tests/integration/test_tables.py,
+exercised by the crash and rebalance tests): the memory store keeps its items in
+`Store.data` and the partition of each key in `Store._key_partition`; the RocksDB store
+opens one database per partition (`Store._db_for_partition`) and keeps raw bytes.
 """
 
 from __future__ import annotations
@@ -98,13 +98,10 @@ class BulkTable(DurableTable):
         self._staged: dict[int, dict[bytes, bytes]] = {}
         self._in_flight: list[tuple[int, Any, int]] = []  # (partition, ack, records)
         self._producer: LazyProducer | None = None
-        self._one_record_batches = False
 
-    def attach(self, producer: LazyProducer, one_record_batches: bool) -> None:
-        """The producer that sends the changelog; `one_record_batches` makes every record
-        its own batch (exact end offsets on the embedded broker, see README)."""
+    def attach(self, producer: LazyProducer) -> None:
+        """The producer that sends the changelog."""
         self._producer = producer
-        self._one_record_batches = one_record_batches
 
     # -- reading -------------------------------------------------------------------------
     def _memory(self) -> dict[bytes, bytes] | None:
@@ -180,23 +177,29 @@ class BulkTable(DurableTable):
     async def _send_changelog(
         self, partition: int, items: dict[bytes, bytes]
     ) -> list[tuple[int, Any, int]]:
+        """Send the records in producer batches, the last one alone in its own batch.
+
+        Why alone: the embedded broker reports a partition's end offset as the first
+        offset of its last batch + 1 (README, Guarantees), and faust's recovery reads the
+        changelog up to that end offset. Ending every write with a one-record batch keeps
+        it exact whenever no write is cut off half way (what a cut-off write leaves out is
+        redone from the write-ahead record); on Kafka it costs one small request."""
         assert self._producer is not None, "BulkTable.attach() was not called"
         producer = await self._producer.get()
         topic = self.changelog_topic_name
+        records = list(items.items())
         sent = []
         batch, count = producer.create_batch(), 0
-        for key, value in items.items():
-            full = self._one_record_batches and count > 0
-            if full or batch.append(key=key, value=value, timestamp=None) is None:
-                sent.append(
-                    (partition, await producer.send_batch(batch, topic, partition=partition), count)
-                )
+        for position, (key, value) in enumerate(records):
+            last = position == len(records) - 1 and count > 0
+            if last or batch.append(key=key, value=value, timestamp=None) is None:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                sent.append((partition, future, count))
                 batch, count = producer.create_batch(), 0
                 batch.append(key=key, value=value, timestamp=None)
             count += 1
-        sent.append(
-            (partition, await producer.send_batch(batch, topic, partition=partition), count)
-        )
+        future = await producer.send_batch(batch, topic, partition=partition)
+        sent.append((partition, future, count))
         return sent
 
 
