@@ -55,6 +55,7 @@ from stream.aggregation import Aggregator, by_dimension
 from stream.alerting import SpikeAlerts
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
+from stream.faust_consumer import prompt_fetches
 from stream.ingest import Ingest
 from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
@@ -286,6 +287,7 @@ def _customer_stage(store: MutableMapping[str, Any], settings: Settings) -> Cust
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     app = _faust_app(settings)
+    prompt_fetches(app)
     metrics = Metrics.create(registry or CollectorRegistry())
     health = HealthMetrics.create(metrics.registry)
 

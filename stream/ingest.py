@@ -168,9 +168,7 @@ class Ingest:
         watchdog = asyncio.ensure_future(self._watch())
         try:
             while True:
-                batches = await self._consumer.getmany(
-                    timeout_ms=200, max_records=self._settings.batch_max_records
-                )
+                batches = await self._read_batch()
                 if batches:
                     await self._process(batches)
                 elif not self._all_reported and await self._partitions_reported():
@@ -180,6 +178,23 @@ class Ingest:
             watchdog.cancel()
             self._metrics.up.set(0)
             await self.stop()
+
+    async def _read_batch(self) -> dict[TopicPartition, list[Any]]:
+        """Up to `batch_max_records` records: once some arrive, keep reading for up to
+        `batch_linger_ms` to fill the batch (a live stream otherwise makes many tiny ones)."""
+        assert self._consumer is not None
+        limit = self._settings.batch_max_records
+        batches = await self._consumer.getmany(timeout_ms=200, max_records=limit)
+        count = sum(len(messages) for messages in batches.values())
+        deadline = time.monotonic() + self._settings.batch_linger_ms / 1000
+        while batches and count < limit and (remaining := deadline - time.monotonic()) > 0:
+            more = await self._consumer.getmany(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=limit - count
+            )
+            for tp, messages in more.items():
+                batches.setdefault(tp, []).extend(messages)
+                count += len(messages)
+        return batches
 
     async def stop(self) -> None:
         for client in (self._consumer, self._producer):

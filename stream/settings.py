@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     batch_max_records: int = Field(
         default=5000, ge=1, description="Most input records the ingest stage reads per batch."
     )
+    batch_linger_ms: int = Field(
+        default=400,
+        ge=0,
+        le=10_000,
+        description="How long the ingest stage keeps reading to fill a batch once input "
+        "arrives (every batch costs a few broker round trips downstream).",
+    )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
     )
