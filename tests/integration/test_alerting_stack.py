@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.broker import EmbeddedBroker, create_topics, free_port, standard_topics
 from stream.settings import Settings
 from stream.spikes import SpikeAlert
-from tests.deploy.prometheus_stack import PrometheusStack, WebhookReceiver
+from tests.deploy.prometheus_stack import PrometheusStack, StackError, WebhookReceiver
 from tests.deploy.promql import DEPLOY, RULE_FILES
 from tests.deploy.test_grafana import DASHBOARD, PANELS, VARIABLES
 from tests.integration.kafka_io import (
@@ -200,6 +200,27 @@ async def _wait_for_notification(webhook: WebhookReceiver, timeout: float) -> No
         await asyncio.sleep(0.5)
 
 
+async def _wait_for_spike_score(prometheus: PrometheusStack, worker: WorkerProcess) -> None:
+    try:
+        await asyncio.to_thread(
+            prometheus.wait_for,
+            'segment:churn_spike_score:max{dimension="plan", segment="basic"} >= 4',
+            timeout=30,
+        )
+    except StackError as error:
+        scores = [
+            line
+            for line in worker.scrape().splitlines()
+            if "churn_spike_score{" in line
+            or 'segment="basic",window="day"' in line
+            or line.startswith("churn_watermark")
+        ]
+        raise AssertionError(
+            f"{error}\n--- the worker's spike scores\n" + "\n".join(scores) + "\n"
+            f"--- worker log\n{worker.log_tail()}"
+        ) from error
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def run(
     broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
@@ -225,11 +246,7 @@ async def run(
         sent = await _simulate(settings)
         await produce(broker.bootstrap, settings.input_topic, INVALID)
         await _settle(worker, sent, SETTLE_TIMEOUT_S)
-        await asyncio.to_thread(
-            prometheus.wait_for,
-            'segment:churn_spike_score:max{dimension="plan", segment="basic"} >= 4',
-            timeout=30,
-        )
+        await _wait_for_spike_score(prometheus, worker)
         await _wait_for_notification(webhook, ALERT_TIMEOUT_S)
         messages = await read_all(broker.bootstrap, settings.alert_topic)
         worker.assert_running()
