@@ -82,6 +82,10 @@ ROUTE_OF_SEVERITY = {"critical": "/alerts/critical", "warning": "/alerts/warning
 
 SETTLE_TIMEOUT_S = 300.0  # the worker applies ~140,000 events; 2 cores shared with others
 ALERT_TIMEOUT_S = 90.0
+# "Settled" means the gauges stood still for 3 s, but the segment stage can still be
+# writing its backlog's table changes for tens of seconds (measured: >30 s on a loaded
+# machine) before it applies the last days: wait for the score that long.
+SPIKE_SCORE_TIMEOUT_S = 240.0
 
 
 @dataclass
@@ -205,7 +209,7 @@ async def _wait_for_spike_score(prometheus: PrometheusStack, worker: WorkerProce
         await asyncio.to_thread(
             prometheus.wait_for,
             'segment:churn_spike_score:max{dimension="plan", segment="basic"} >= 4',
-            timeout=30,
+            timeout=SPIKE_SCORE_TIMEOUT_S,
         )
     except StackError as error:
         scores = [
