@@ -252,6 +252,12 @@ class Worker:
     # customer partition -> acknowledgements of the differences its last batch sent
     delta_acks: dict[int, list[Any]] = field(default_factory=dict)
 
+    def tables_acknowledged(self) -> bool:
+        """Whether every table write this process made is in the changelog (then the local
+        tables may be kept for the next start: stream/local_state.py)."""
+        tables = (self.customers_table, *self.aggregate_tables, self.spike_table)
+        return all(table.all_acknowledged() for table in tables)
+
 
 def _faust_app(settings: Settings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level

@@ -19,8 +19,8 @@ Everything runs against one broker: the embedded one (Tansu on a free loopback p
    purchases of a dedicated segment; a marker's latency is its produce time to the
    timestamp of the first output record whose marker purchase count includes it.
 5. memory: the worker's peak RSS (VmHWM of /proc/<pid>/status).
-6. recovery: SIGTERM, restart over the same data dir, time until a freshly produced
-   marker is in the output.
+6. recovery: SIGTERM (or SIGKILL: `--recovery-after`), restart over the same data dir,
+   time until a freshly produced marker is in the output.
 7. one table on stdout and a JSON file.
 """
 
@@ -406,9 +406,13 @@ class Recovery:
     metrics_up_seconds: float | None
     first_consumed_seconds: float | None
     peak_rss_mb: float | None
+    after: str = "sigterm"
+    local_tables: str = "kept"  # or "discarded" (restored from the changelogs)
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "after": self.after,
+            "local_tables": self.local_tables,
             "seconds": round(self.seconds, 3),
             "stop_seconds": round(self.stop_seconds, 3),
             "exit_codes": self.exit_codes,
@@ -512,8 +516,13 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if latency and latency["rss_start_mb"] is not None and latency["rss_end_mb"] is not None:
         growth = f"{latency['rss_start_mb']:,.0f} -> {latency['rss_end_mb']:,.0f} MB"
         rows.append(("  RSS over the latency load", growth))
-    recovery_text = "skipped" if recovery is None else _seconds(recovery["seconds"])
-    rows.append(("recovery (restart -> processing)", recovery_text))
+    if recovery is None:
+        rows.append(("recovery (restart -> processing)", "skipped"))
+    else:
+        detail = f"after {recovery['after'].upper()}, local tables {recovery['local_tables']}"
+        rows.append(
+            ("recovery (restart -> processing)", f"{_seconds(recovery['seconds'])} ({detail})")
+        )
     if data.get("error"):
         rows.append(("FAILED", data["error"].splitlines()[0][:160]))
     return rows
@@ -564,6 +573,7 @@ class Plan:
     timeout: float
     json_path: Path
     work_dir: Path | None
+    recovery_after: str = "sigterm"
 
 
 @dataclass
@@ -787,6 +797,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+START_LINE: Final = b"===== bench: worker started =====\n"
+
+
 class WorkerProcess:
     """`churn-stream worker` as a child process, its log in a file."""
 
@@ -801,6 +814,8 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings.data_dir.parent.mkdir(parents=True, exist_ok=True)  # faust: no parents
         with self.log_path.open("ab") as log:
+            log.write(START_LINE)
+            log.flush()
             self.started_wall = time.time()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "worker"],
@@ -871,6 +886,13 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def kill(self) -> int:
+        if self.process is None:
+            return 0
+        self.read_peak()
+        self.process.kill()
+        return self.process.wait()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -1178,14 +1200,15 @@ def memory_of(workers: Sequence[WorkerProcess]) -> Memory:
 
 
 async def measure_recovery(bench: Bench) -> Recovery:
-    """SIGTERM every worker, restart them over the same data dirs, time until a marker
-    produced right after the restart is in the output."""
+    """SIGTERM (or SIGKILL) every worker, restart them over the same data dirs, time until
+    a marker produced right after the restart is in the output."""
     plan = bench.plan
     say("recovery: waiting until the worker has caught up")
     await wait_caught_up(bench, plan.timeout)
-    say("recovery: restarting the worker over its state")
+    say(f"recovery: {plan.recovery_after} and restart over the worker's state")
     stopping = time.monotonic()
-    codes = await asyncio.gather(*(asyncio.to_thread(w.stop) for w in bench.workers))
+    halt = "kill" if plan.recovery_after == "sigkill" else "stop"
+    codes = await asyncio.gather(*(asyncio.to_thread(getattr(w, halt)) for w in bench.workers))
     stop_seconds = time.monotonic() - stopping
     bench.workers = [worker.restarted() for worker in bench.workers]
     restart = time.time()
@@ -1201,7 +1224,17 @@ async def measure_recovery(bench: Bench) -> Recovery:
         metrics_up_seconds=None if metrics_up is None else metrics_up - restart,
         first_consumed_seconds=consumed - restart,
         peak_rss_mb=max((w.read_peak() or 0.0 for w in bench.workers), default=None),
+        after=plan.recovery_after,
+        local_tables=_local_tables(bench.workers),
     )
+
+
+def _local_tables(workers: list[WorkerProcess]) -> str:
+    """What the restarted workers did with their local tables (from their logs)."""
+    logs = [worker.log_path.read_text(errors="replace") for worker in workers]
+    last_starts = [text[text.rfind(START_LINE.decode()) :] for text in logs]
+    discarded = any("discarding the local tables" in text for text in last_starts)
+    return "discarded" if discarded else "kept"
 
 
 # --------------------------------------------------------------------------- the run
@@ -1458,6 +1491,13 @@ def _add_phase_flags(parser: argparse.ArgumentParser) -> None:
     )
     add("--skip-recovery", action="store_true", help="Skip the restart.")
     add(
+        "--recovery-after",
+        choices=("sigterm", "sigkill"),
+        default="sigterm",
+        help="How the recovery phase stops the workers: SIGTERM (local tables kept) or "
+        "SIGKILL (local tables discarded and restored from the changelogs).",
+    )
+    add(
         "--quiet-seconds",
         type=_non_negative_float,
         default=None,
@@ -1502,6 +1542,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         timeout=args.timeout,
         json_path=args.json or default_json_path(),
         work_dir=args.work_dir,
+        recovery_after=args.recovery_after,
     )
 
 

@@ -65,29 +65,49 @@ class DurableTable(faust.Table):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._unacknowledged: list[Any] = []
         self._prune_at = _PRUNE_AT
+        self._lost_writes = False
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         future = super().send_changelog(*args, **kwargs)
         if len(self._unacknowledged) >= self._prune_at:
-            self._unacknowledged = [f for f in self._unacknowledged if not f.done()]
-            self._prune_at = max(_PRUNE_AT, 2 * len(self._unacknowledged))
+            self._prune()
         self._unacknowledged.append(future)
         return future
+
+    def _prune(self) -> None:
+        """Forget the acknowledged writes (remembering whether any failed)."""
+        pending = []
+        for future in self._unacknowledged:
+            if not future.done():
+                pending.append(future)
+            elif not _succeeded(future):
+                self._lost_writes = True
+        self._unacknowledged = pending
+        self._prune_at = max(_PRUNE_AT, 2 * len(pending))
 
     async def backpressure(self, limit: int) -> None:
         """Wait for the broker while more than `limit` changelog writes are unacknowledged
         (a stage that does not wait per message must not outrun the producer)."""
         if len(self._unacknowledged) > limit:
-            self._unacknowledged = [f for f in self._unacknowledged if not f.done()]
-            self._prune_at = max(_PRUNE_AT, 2 * len(self._unacknowledged))
+            self._prune()
             if len(self._unacknowledged) > limit:
                 await self.acknowledged()
 
     async def acknowledged(self) -> None:
         """Wait until every changelog write made so far is acknowledged by the broker."""
-        pending, self._unacknowledged = self._unacknowledged, []
-        for future in pending:
+        for future in list(self._unacknowledged):
             await future
+        self._prune()  # kept until then: a stop cancelling the wait leaves them visible
+
+    def all_acknowledged(self) -> bool:
+        """Whether the changelog holds every write made to the local store (checked once
+        the worker stopped: then the local store may be kept, see stream/local_state.py)."""
+        self._prune()
+        return not self._lost_writes and not self._unacknowledged
+
+
+def _succeeded(future: Any) -> bool:
+    return bool(future.done() and not future.cancelled() and future.exception() is None)
 
 
 class BulkTable(DurableTable):
@@ -98,6 +118,9 @@ class BulkTable(DurableTable):
         self._staged: dict[int, dict[bytes, bytes]] = {}
         self._in_flight: list[tuple[int, Any, int]] = []  # (partition, ack, records)
         self._producer: LazyProducer | None = None
+        # Set while a write is in the store but its changelog records not all handed to
+        # the producer (a stop that cancels it there leaves the store ahead).
+        self._writing = False
 
     def attach(self, producer: LazyProducer) -> None:
         """The producer that sends the changelog."""
@@ -144,20 +167,30 @@ class BulkTable(DurableTable):
         staged, self._staged = self._staged, {}
         for partition, items in staged.items():
             if items:
+                self._writing = True
                 self._write_store(partition, items)
                 self._in_flight.extend(await self._send_changelog(partition, items))
+                self._writing = False
 
     async def settled(self) -> None:
         """Wait until every changelog record sent so far is acknowledged, then record the
         changelog offsets the store holds."""
-        in_flight, self._in_flight = self._in_flight, []
+        in_flight = list(self._in_flight)
         last: dict[int, int] = {}
         for partition, future, count in in_flight:
             metadata = await future
             last[partition] = max(last.get(partition, -1), metadata.offset + count - 1)
+        self._in_flight = self._in_flight[len(in_flight) :]
         topic = self.changelog_topic_name
         for partition, offset in last.items():
             self.data.set_persisted_offset(TP(topic, partition), offset)
+
+    def all_acknowledged(self) -> bool:
+        return (
+            super().all_acknowledged()
+            and not self._writing
+            and all(_succeeded(future) for _, future, _ in self._in_flight)
+        )
 
     def _write_store(self, partition: int, items: dict[bytes, bytes]) -> None:
         memory = self._memory()

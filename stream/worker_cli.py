@@ -14,8 +14,10 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
+from stream import local_state
 from stream.cli import add_settings_flags, settings_from
 from stream.kafka_config import aiokafka_options, describe
 from stream.settings import Settings
@@ -107,13 +109,29 @@ def run_worker(settings: Settings) -> int:
         loglevel=settings.log_level.upper(),
         redirect_stdouts=False,
     )
+    local_state.prepare(settings.data_dir, Path(worker.app.conf.tabledir))
+    code = 0
     try:
         faust_worker.execute_from_commandline()
     except SystemExit as done:
         crashed = worker.app.crash_reason is not None or faust_worker.crash_reason is not None
         code = done.code if isinstance(done.code, int) else EXIT_CRASHED
-        return EXIT_CRASHED if crashed and code == 0 else code
-    return 0
+        code = EXIT_CRASHED if crashed and code == 0 else code
+    _note_stop(settings, code, worker.tables_acknowledged())
+    return code
+
+
+def _note_stop(settings: Settings, code: int, tables_acknowledged: bool) -> None:
+    """Let the next start keep the local tables only if this stop left them consistent
+    with their changelog (stream/local_state.py)."""
+    if code == 0 and tables_acknowledged:
+        local_state.mark_clean(settings.data_dir)
+        log.info("stopped cleanly: every table write acknowledged")
+        return
+    log.warning(
+        "stopped %s: the next start restores the local tables from their changelog",
+        "with table writes not acknowledged" if code == 0 else f"with exit code {code}",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

@@ -71,4 +71,5 @@ def test_tiny_bench_writes_complete_results(tmp_path):
 
     recovery = data["recovery"]
     assert recovery["exit_codes"] == [0]
+    assert (recovery["after"], recovery["local_tables"]) == ("sigterm", "kept")
     assert 0 < recovery["first_consumed_seconds"] <= recovery["seconds"]

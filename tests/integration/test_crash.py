@@ -10,11 +10,13 @@ import secrets
 
 import pytest
 
+from stream import local_state
 from stream.broker import create_topics, standard_topics
 from tests.integration.kafka_io import (
     WorkerProcess,
     converge,
     expected_records,
+    produce,
     produce_paced,
     reliability_settings,
     sample_sum,
@@ -91,3 +93,40 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         f"whole log: {log.count('completed batch')} batches completed after restarts, "
         f"{log.count('consumer skipped')} consumer skips read back"
     )
+
+
+async def test_local_tables_are_kept_after_a_clean_stop_and_restored_after_a_kill(
+    broker, topic_prefix, tmp_path
+):
+    """RocksDB may hold writes the changelog never received when the worker dies: a start
+    after a kill restores the tables from the changelog, a start after SIGTERM keeps them."""
+    settings = reliability_settings(topic_prefix, broker.url, tmp_path, store="rocksdb://")
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    raw = simulated(customers=120, days=90, seed=11)
+    parts = [raw[: len(raw) // 3], raw[len(raw) // 3 : 2 * len(raw) // 3], raw[2 * len(raw) // 3 :]]
+    marker = local_state.marker(settings.data_dir)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        await produce(broker.bootstrap, settings.input_topic, parts[0])
+        await converge(broker.bootstrap, settings.output_topic, expected_records(parts[0]), 180)
+        assert worker.stop() == 0
+        assert marker.exists(), worker.log_tail()
+
+        worker.start()
+        await produce(broker.bootstrap, settings.input_topic, parts[1])
+        await converge(
+            broker.bootstrap, settings.output_topic, expected_records(parts[0] + parts[1]), 180
+        )
+        assert not marker.exists(), "a start consumes the marker"
+        worker.kill()
+
+        worker.start()
+        await produce(broker.bootstrap, settings.input_topic, parts[2])
+        await converge(broker.bootstrap, settings.output_topic, expected_records(raw), 180)
+        worker.assert_running()
+    finally:
+        worker.stop()
+    log = worker.log_text()
+    starts = log.split("===== start ")
+    assert "keeping the local tables" in starts[2], starts[2][-3000:]
+    assert "discarding the local tables" in starts[3], starts[3][-3000:]

@@ -5,7 +5,9 @@ changelog (memory and RocksDB stores)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -94,6 +96,7 @@ async def test_a_bulk_written_table_reads_back_and_its_changelog_holds_exactly_t
         for (partition, key), value in written.items():
             table.stage(partition, key, value)
         await table.flush()
+        assert table.all_acknowledged()
         for (partition, key), value in written.items():
             assert table.read(partition, key) == value
         assert dict(table.raw_items()) == {key: value for (_, key), value in written.items()}
@@ -120,3 +123,48 @@ async def test_a_bulk_written_table_reads_back_and_its_changelog_holds_exactly_t
         await consumer.stop()
     assert restored == written
     assert set(end_offsets.values()) == {50}  # exact, so faust's recovery reads it all
+
+
+class _UnreachableProducer(LazyProducer):
+    """A producer that never becomes available (the broker is away)."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    async def get(self) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_a_write_cut_off_before_its_changelog_was_sent_is_not_acknowledged(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A stop that cancels a write between the store and the changelog leaves the store
+    ahead of its changelog: the worker must not call that a clean stop."""
+    table = _bulk_table(_app(broker, topic_prefix, "memory://", tmp_path))
+    table.attach(_UnreachableProducer())
+    assert table.all_acknowledged()  # nothing written yet
+    table.stage(0, b"customer-1", b"{}")
+    sending = asyncio.ensure_future(table.send())
+    await asyncio.sleep(0.1)
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    assert table.read(0, b"customer-1") == b"{}"  # in the store, not in the changelog
+    assert not table.all_acknowledged()
+
+
+async def test_a_failed_or_pending_changelog_write_is_not_acknowledged(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    table = _bulk_table(_app(broker, topic_prefix, "memory://", tmp_path))
+    loop = asyncio.get_running_loop()
+    pending = loop.create_future()
+    table._unacknowledged.append(pending)
+    assert not table.all_acknowledged()
+    pending.set_result(None)
+    assert table.all_acknowledged()
+    failed = loop.create_future()
+    table._unacknowledged.append(failed)
+    failed.set_exception(RuntimeError("broker refused the write"))
+    assert not table.all_acknowledged()
+    assert not table.all_acknowledged(), "a failed write is never forgotten"

@@ -289,7 +289,7 @@ def test_format_table_shows_each_figure_once():
     assert "300 MB" in table
     assert "300 -> 310 MB" in table
     assert "1.00 s / 8.00 s / 10.00 s" in table
-    assert "12.50 s" in table
+    assert "12.50 s (after SIGTERM, local tables kept)" in table
     assert "exact" in table
 
 
@@ -361,3 +361,19 @@ def test_quiet_seconds_follow_the_emit_interval():
     assert bench.quiet_seconds(_plan(), Settings(emit_interval_seconds=1.0)) == 3.0
     assert bench.quiet_seconds(_plan(), Settings(emit_interval_seconds=0.2)) == 2.0
     assert bench.quiet_seconds(_plan(quiet_seconds=0.5), Settings()) == 0.5
+
+
+def test_recovery_after_sigkill_is_a_flag_and_the_log_tells_what_became_of_the_tables(
+    tmp_path,
+):
+    assert bench.plan_from(_parse()).recovery_after == "sigterm"
+    assert bench.plan_from(_parse("--recovery-after", "sigkill")).recovery_after == "sigkill"
+    worker = bench.WorkerProcess(Settings(), tmp_path / "worker.log")
+    worker.log_path.write_bytes(
+        bench.START_LINE + b"WARNING previous run did not stop cleanly: discarding the local "
+        b"tables in /d; they are restored from their changelog topics\n" + bench.START_LINE
+    )
+    assert bench._local_tables([worker]) == "kept"  # the last start discarded nothing
+    with worker.log_path.open("ab") as log:
+        log.write(b"WARNING previous run did not stop cleanly: discarding the local tables\n")
+    assert bench._local_tables([worker]) == "discarded"

@@ -1,0 +1,65 @@
+"""How the ingest stage cuts the input into batches (`Ingest._read_batch`), on the broker:
+once input arrives it keeps reading for `CHURN_BATCH_LINGER_MS` to fill the batch, and a
+batch never holds more than `CHURN_BATCH_MAX_RECORDS`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from stream.broker import create_topics, standard_topics
+from stream.ingest import Ingest
+from stream.observability import Metrics
+from tests.integration.kafka_io import produce, reliability_settings, simulated
+
+
+def _count(batches: dict[Any, list[Any]]) -> int:
+    return sum(len(messages) for messages in batches.values())
+
+
+async def test_a_batch_lingers_for_input_that_follows_but_never_exceeds_its_limit(
+    broker, topic_prefix, tmp_path
+):
+    settings = reliability_settings(
+        topic_prefix, broker.url, tmp_path, batch_max_records=25, batch_linger_ms=5000
+    )
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    raw = simulated(customers=20, days=30, seed=3)[:40]
+    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
+    await ingest._start_clients()
+    consumer: Any = ingest._consumer
+    first_read = asyncio.Event()
+    read = consumer.getmany
+
+    async def reading(*args: Any, **kwargs: Any) -> Any:
+        batches = await read(*args, **kwargs)
+        if batches:
+            first_read.set()
+        return batches
+
+    consumer.getmany = reading  # the real consumer, observed
+
+    async def the_rest_once_the_first_ten_are_read() -> None:
+        await first_read.wait()
+        await produce(broker.bootstrap, settings.input_topic, raw[10:])
+
+    try:
+        await produce(broker.bootstrap, settings.input_topic, raw[:10])
+        following = asyncio.ensure_future(the_rest_once_the_first_ten_are_read())
+        batch: dict[Any, list[Any]] = {}
+        while not batch:  # the group join comes first
+            batch = await asyncio.wait_for(ingest._read_batch(), 60)
+        await following
+        rest: dict[Any, list[Any]] = {}
+        while _count(rest) < len(raw) - 25:
+            more = await asyncio.wait_for(ingest._read_batch(), 60)
+            assert _count(more) <= 25
+            for tp, messages in more.items():
+                rest.setdefault(tp, []).extend(messages)
+    finally:
+        await ingest.stop()
+    assert _count(batch) == 25, "topped up by what followed, up to the limit"
+    values = [m.value for messages in (*batch.values(), *rest.values()) for m in messages]
+    assert sorted(values) == sorted(raw)  # nothing lost or repeated across the two batches
