@@ -91,8 +91,11 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         f"refetched {sample_sum(metrics, 'churn_refetched_messages_total'):.0f}, "
         f"redelivered {sample_sum(metrics, 'churn_redelivered_messages_total'):.0f}; "
         f"whole log: {log.count('completed batch')} batches completed after restarts, "
-        f"{log.count('consumer skipped')} consumer skips read back"
+        f"{log.count('consumer skipped')} consumer skips read back, "
+        f"{log.count('discarding the local tables')} local table discards"
     )
+    if store == "rocksdb://":  # restarts after kills restored their tables from changelogs
+        assert "discarding the local tables" in log
 
 
 async def test_local_tables_are_kept_after_a_clean_stop_and_restored_after_a_kill(
