@@ -124,20 +124,34 @@ class WithoutReserved(MutableMapping[str, Any]):
 
 
 class BufferedStore(MutableMapping[str, Any]):
-    """Reads through to a table, holds writes until `commit` — so that a customer's new
-    history is written only after the differences it caused were acknowledged."""
+    """Reads through to a table, holds writes until `commit`: so that what a flush
+    emitted is recorded only once acknowledged, and so that a key written by many
+    messages between two flushes reaches the changelog once.
+
+    Writes are held per partition (`select`), and `commit` writes those of the selected
+    one: faust sends a table write to the changelog partition of the message being
+    processed, so a partition's writes must be committed while one of its messages is."""
 
     def __init__(self, table: MutableMapping[str, Any]) -> None:
         self._table = table
-        self._pending: dict[str, Any] = {}
+        self._pending: dict[int | None, dict[str, Any]] = {}
+        self._partition: int | None = None
+
+    def select(self, partition: int | None) -> None:
+        self._partition = partition
+
+    def _held(self, key: str) -> dict[str, Any] | None:
+        for writes in self._pending.values():
+            if key in writes:
+                return writes
+        return None
 
     def __getitem__(self, key: str) -> Any:
-        if key in self._pending:
-            return self._pending[key]
-        return self._table[key]
+        held = self._held(key)
+        return self._table[key] if held is None else held[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._pending[key] = value
+        self._pending.setdefault(self._partition, {})[key] = value
 
     def __delitem__(self, key: str) -> None:
         raise NotImplementedError("customer histories are never deleted through the buffer")
@@ -149,14 +163,13 @@ class BufferedStore(MutableMapping[str, Any]):
         return len(self._table)
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self._pending:
-            return self._pending[key]
-        return self._table.get(key, default)
+        held = self._held(key)
+        return self._table.get(key, default) if held is None else held[key]
 
     def commit(self) -> None:
-        for key, value in self._pending.items():
+        """Write what the selected partition holds."""
+        for key, value in self._pending.pop(self._partition, {}).items():
             self._table[key] = value
-        self._pending.clear()
 
     def discard(self) -> None:
         self._pending.clear()
@@ -234,6 +247,8 @@ class Worker:
     customer_store: PartitionStore
     aggregator: Aggregator
     aggregate_tables: tuple[DurableTable, DurableTable, DurableTable]
+    # the aggregate entries and meta, written once per flush (see _commit_segments)
+    aggregate_stores: tuple[BufferedStore, BufferedStore]
     emitted_store: BufferedStore
     spikes: SpikeAlerts
     spike_table: DurableTable
@@ -317,6 +332,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     store = PartitionStore(customers_table, is_reserved)
     state_producer = LazyProducer(aiokafka_options(settings))
     customers_table.attach(state_producer)
+    entries_store, meta_store = BufferedStore(entries), BufferedStore(meta)
     emitted_store = BufferedStore(emitted)
     spike_table = table("spike-state")
     spike_store = BufferedStore(spike_table)
@@ -329,13 +345,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         customers_table=customers_table,
         customer_store=store,
         aggregator=Aggregator(
-            WithoutReserved(entries),
-            meta,
+            WithoutReserved(entries_store),
+            meta_store,
             emitted_store,
             grace_ms=settings.grace_seconds * 1000,
             max_segments=settings.max_segments,
         ),
         aggregate_tables=(entries, meta, emitted),
+        aggregate_stores=(entries_store, meta_store),
         emitted_store=emitted_store,
         spikes=SpikeAlerts(spike_store),
         spike_table=spike_table,
@@ -426,8 +443,7 @@ def _wire(worker: Worker) -> None:
 
     @app.on_rebalance_complete.connect
     async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:
-        for confirmed in worker.confirmed.values():
-            confirmed.clear()
+        _forget_unflushed(worker)
         worker.aggregator.load()
         owned = set(_assigned(app, settings.delta_topic))
         worker.spikes.load(lambda dimension: _owner(worker, dimension) in owned)
@@ -436,8 +452,7 @@ def _wire(worker: Worker) -> None:
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        for confirmed in worker.confirmed.values():
-            confirmed.clear()
+        _forget_unflushed(worker)
 
     @app.on_before_shutdown.connect
     async def closed(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -605,6 +620,15 @@ async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> list[Any]
     ]
 
 
+def _forget_unflushed(worker: Worker) -> None:
+    """At a rebalance: what was applied but not yet written is applied again from the
+    tables' positions (the segment stage reads back what the consumer has passed)."""
+    for confirmed in worker.confirmed.values():
+        confirmed.clear()
+    for store in worker.aggregate_stores:
+        store.discard()
+
+
 async def _read_one(worker: Worker, topic: str, partition: int, offset: int) -> bytes | None:
     found = await worker.refetcher.read(topic, partition, offset, offset + 1)
     return found[0].value if found and found[0].offset == offset else None
@@ -621,17 +645,20 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
     message = event.message
     partition, offset = message.partition, message.offset
     topic = worker.settings.delta_topic
-    entries = worker.aggregate_tables[0]
-    stored = entries.get(position_key(partition))
-    done = None if stored is None else int(stored)
+    done = worker.confirmed["segments"].get(partition)
+    if done is None:
+        stored = worker.aggregate_tables[0].get(position_key(partition))
+        done = None if stored is None else int(stored)
     if done is not None and offset <= done:
         worker.health.redelivered.labels("segments").inc()
         return
     start = done + 1 if done is not None else await _log_start(worker, topic, partition)
     if offset > start:
+        # After a restart or rebalance: messages applied before but not flushed, or
+        # messages the consumer skipped.
         missed = await worker.refetcher.read(topic, partition, start, offset)
         log.warning(
-            "segments: consumer skipped %s[%d] offsets %d..%d; applying %d read back",
+            "segments: %s[%d] offsets %d..%d not in the tables; applying %d read back",
             topic,
             partition,
             start,
@@ -654,16 +681,16 @@ async def _apply_deltas(
     value: bytes,
     outputs: Outputs,
 ) -> None:
+    for store in worker.aggregate_stores:
+        store.select(partition)
     if value != TICK:
         assert key is not None
         message = decode_deltas(value)
         worker.aggregator.apply(
             key.decode(), message.source, message.offset, message.watermarks, message.deltas
         )
-    await _maybe_flush(worker, partition, outputs)
-    entries = worker.aggregate_tables[0]
-    entries[position_key(partition)] = offset  # after the entries: same changelog partition
     worker.confirmed["segments"][partition] = offset
+    await _maybe_flush(worker, partition, outputs)
     for table in (*worker.aggregate_tables, worker.spike_table):
         await table.backpressure(MAX_UNACKNOWLEDGED_WRITES)
 
@@ -697,6 +724,22 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None
     # Only now that records and alerts are acknowledged may the tables say they were sent.
     worker.emitted_store.commit()
     worker.spike_store.commit()
+    _commit_segments(worker, partition)
+
+
+def _commit_segments(worker: Worker, partition: int) -> None:
+    """Write the partition's aggregate entries and meta changed since its last flush, then
+    its position: the entries go first in the same changelog partition, so a position
+    read back after a crash has its entries (entries carry the offsets they include, so
+    applying a message again after a crash before the position changes nothing)."""
+    position = worker.confirmed["segments"].get(partition)
+    if position is None:
+        # A rebalance during this flush's waits discarded the held writes and positions:
+        # the messages are applied again from the table's position.
+        return
+    for store in worker.aggregate_stores:
+        store.commit()
+    worker.aggregate_tables[0][position_key(partition)] = position
 
 
 def _owner(worker: Worker, dimension: str) -> int:
