@@ -428,7 +428,6 @@ def _wire(worker: Worker) -> None:
 
     @app.task
     async def ingest() -> None:
-        logging.getLogger().setLevel(settings.log_level.upper())
         try:
             await worker.ingest.run()
         except Exception as error:

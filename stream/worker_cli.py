@@ -94,9 +94,8 @@ def run_worker(settings: Settings) -> int:
     if not asyncio.run(wait_for_kafka(settings)):
         return EXIT_UNREACHABLE
 
-    import faust
-
     from stream.app import create_app
+    from stream.faust_worker import SpinnerlessWorker
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = create_app(settings)
@@ -104,7 +103,7 @@ def run_worker(settings: Settings) -> int:
     # less often, and never scan the objects that live as long as the process.
     gc.freeze()
     gc.set_threshold(20_000, 20, 50)
-    faust_worker = faust.Worker(
+    faust_worker = SpinnerlessWorker(
         worker.app,
         loglevel=settings.log_level.upper(),
         redirect_stdouts=False,
