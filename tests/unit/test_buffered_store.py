@@ -59,3 +59,20 @@ def test_discard_forgets_every_partition():
     store.commit()
     assert table == {"a": 1}
     assert store.get("p0") is None
+
+
+async def test_a_flush_whose_waits_spanned_a_rebalance_writes_nothing(tmp_path):
+    """The rebalance discarded the held writes and positions: the flush must not write the
+    position (the messages since the table's position are applied again)."""
+    from stream.app import _commit_segments, _forget_unflushed, create_app
+    from stream.settings import Settings
+
+    worker = create_app(Settings(data_dir=tmp_path / "data"))
+    entries_store, _ = worker.aggregate_stores
+    entries_store.select(0)
+    entries_store["entry"] = 7
+    worker.confirmed["segments"][0] = 41
+    _forget_unflushed(worker)  # the rebalance, while the flush awaited its records
+    _commit_segments(worker, 0)  # would raise: no table write outside a faust stream
+    assert entries_store.get("entry") is None
+    assert worker.confirmed["segments"] == {}
