@@ -235,7 +235,11 @@ class WorkerProcess:
     def assert_running(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"worker exited with {self.process.returncode}\n{self.log_tail()}")
+            raise AssertionError(
+                f"worker exited with {self.process.returncode}\n"
+                f"first error of this run:\n{self.first_error()}\n"
+                f"last lines:\n{self.log_tail()}"
+            )
 
     def stop(self, timeout: float = 30) -> int:
         assert self.process is not None
@@ -257,8 +261,16 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def first_error(self, lines: int = 40) -> str:
+        """The first ERROR/CRITICAL record or traceback of the latest run, with what
+        follows it: a crash's cause, which the shutdown that follows pushes out of the tail."""
+        run = self.log_text().split(f"===== start {self.starts} =====")[-1].splitlines()
+        for index, line in enumerate(run):
+            if "[ERROR]" in line or "[CRITICAL]" in line or line.startswith("Traceback"):
+                return "\n".join(run[index : index + lines])
+        return "(none logged)"
 
 
 def sample_value(metrics_text: str, name: str, **labels: str) -> float | None:
