@@ -94,6 +94,11 @@ def position_key(partition: int) -> str:
     return f"{RESERVED_PREFIX}position/{partition}"
 
 
+def flushing_key(partition: int) -> str:
+    """Where a segment flush notes the position it is about to write (see _commit_segments)."""
+    return f"{RESERVED_PREFIX}flushing/{partition}"
+
+
 def is_reserved(key: object) -> bool:
     return isinstance(key, str) and key.startswith(RESERVED_PREFIX)
 
@@ -263,6 +268,9 @@ class Worker:
     confirmed: dict[str, dict[int, int]] = field(
         default_factory=lambda: {"customers": {}, "segments": {}}
     )
+    # segment partition -> offset through which its messages must be applied again before
+    # it may emit: its last flush was cut off, so its entries are partly ahead of its position
+    flush_held_until: dict[int, int] = field(default_factory=dict)
     assigned: dict[str, set[int]] = field(default_factory=dict)
     # customer partition -> acknowledgements of the differences its last batch sent
     delta_acks: dict[int, list[Any]] = field(default_factory=dict)
@@ -361,7 +369,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         refetcher=Refetcher(settings),
         state_producer=state_producer,
     )
-    metrics.registry.register(WindowCollector(lambda: worker.aggregator, worker.spikes.scores))
+    metrics.registry.register(
+        WindowCollector(
+            lambda: worker.aggregator,
+            worker.spikes.scores,
+            published=lambda dimension: _owner(worker, dimension) not in worker.flush_held_until,
+        )
+    )
     metrics.registry.register(
         TableSizes(
             {
@@ -374,7 +388,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             [
                 key
                 for partition in range(settings.partitions)
-                for key in (position_key(partition), position_key(partition).encode())
+                for key in (
+                    position_key(partition),
+                    position_key(partition).encode(),
+                    flushing_key(partition),
+                )
             ],
         )
     )
@@ -624,6 +642,7 @@ def _forget_unflushed(worker: Worker) -> None:
     tables' positions (the segment stage reads back what the consumer has passed)."""
     for confirmed in worker.confirmed.values():
         confirmed.clear()
+    worker.flush_held_until.clear()  # found again from the tables
     for store in worker.aggregate_stores:
         store.discard()
 
@@ -646,8 +665,7 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
     topic = worker.settings.delta_topic
     done = worker.confirmed["segments"].get(partition)
     if done is None:
-        stored = worker.aggregate_tables[0].get(position_key(partition))
-        done = None if stored is None else int(stored)
+        done = _resume_segments(worker, partition)
     if done is not None and offset <= done:
         worker.health.redelivered.labels("segments").inc()
         return
@@ -670,6 +688,38 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
             )
             worker.health.refetched.labels("segments").inc()
     await _apply_deltas(worker, partition, offset, message.key, message.value, outputs)
+
+
+def _resume_segments(worker: Worker, partition: int) -> int | None:
+    """The table's position of a partition, at its first message since assignment. If the
+    last flush was cut off (a crash between its entries and its position), some entries
+    already include messages after the position: hold the partition's flushes until those
+    messages are applied again, so that nothing is emitted from that mixed state."""
+    entries = worker.aggregate_tables[0]
+    stored, flushing = entries.get(position_key(partition)), entries.get(flushing_key(partition))
+    position = None if stored is None else int(stored)
+    cut_off = flushing is not None and (position is None or int(flushing) > position)
+    if cut_off and worker.flush_held_until.get(partition) != int(flushing):
+        # (called again for each message redelivered below the position: log once)
+        worker.flush_held_until[partition] = int(flushing)
+        log.warning(
+            "segments: the last flush of %s[%d] was cut off; emitting again once offsets "
+            "through %d are applied",
+            worker.settings.delta_topic,
+            partition,
+            int(flushing),
+        )
+    return position
+
+
+def _flush_held(worker: Worker, partition: int) -> bool:
+    held_until = worker.flush_held_until.get(partition)
+    if held_until is None:
+        return False
+    if worker.confirmed["segments"].get(partition, -1) < held_until:
+        return True
+    del worker.flush_held_until[partition]
+    return False
 
 
 async def _apply_deltas(
@@ -697,6 +747,8 @@ async def _apply_deltas(
 async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None:
     now = time.monotonic()
     if now - worker.last_flush.get(partition, 0.0) < worker.settings.emit_interval_seconds:
+        return
+    if _flush_held(worker, partition):
         return
     worker.last_flush[partition] = now
     output_topic, alert_topic = outputs
@@ -727,18 +779,23 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None
 
 
 def _commit_segments(worker: Worker, partition: int) -> None:
-    """Write the partition's aggregate entries and meta changed since its last flush, then
-    its position: the entries go first in the same changelog partition, so a position
-    read back after a crash has its entries (entries carry the offsets they include, so
-    applying a message again after a crash before the position changes nothing)."""
+    """Write the partition's aggregate entries and meta changed since its last flush. The
+    entries go between a note of the position they reach and that position, all in one
+    changelog partition, so after a crash the changelog holds a prefix of these writes: a
+    position has all its entries; a note without its position marks a flush cut off,
+    whose entries written so far are ahead of the position (see _resume_segments).
+    Entries carry the offsets they include: applying a message again to them changes
+    nothing."""
     position = worker.confirmed["segments"].get(partition)
     if position is None:
         # A rebalance during this flush's waits discarded the held writes and positions:
         # the messages are applied again from the table's position.
         return
+    entries = worker.aggregate_tables[0]
+    entries[flushing_key(partition)] = position
     for store in worker.aggregate_stores:
         store.commit()
-    worker.aggregate_tables[0][position_key(partition)] = position
+    entries[position_key(partition)] = position
 
 
 def _owner(worker: Worker, dimension: str) -> int:

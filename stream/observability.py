@@ -87,9 +87,11 @@ class WindowCollector(Collector):
         self,
         aggregator: Callable[[], Aggregator | None],
         spike_scores: Callable[[], Iterable[tuple[str, str, str, float]]] = tuple,
+        published: Callable[[str], bool] = lambda dimension: True,
     ) -> None:
         self._aggregator = aggregator
         self._spike_scores = spike_scores
+        self._published = published  # False while a dimension's counts are being restored
 
     def describe(self) -> list[Metric]:
         return []
@@ -113,7 +115,7 @@ class WindowCollector(Collector):
         )
         aggregator = self._aggregator()
         if aggregator is not None:
-            for dimension in aggregator.dimensions():
+            for dimension in filter(self._published, aggregator.dimensions()):
                 self._collect_dimension(aggregator, dimension, families, active)
         yield from families.values()
         yield active
