@@ -92,6 +92,7 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         f"redelivered {sample_sum(metrics, 'churn_redelivered_messages_total'):.0f}; "
         f"whole log: {log.count('completed batch')} batches completed after restarts, "
         f"{log.count('consumer skipped')} consumer skips read back, "
+        f"{log.count('was cut off')} segment flushes cut off, "
         f"{log.count('discarding the local tables')} local table discards"
     )
     if store == "rocksdb://":  # restarts after kills restored their tables from changelogs
