@@ -7,8 +7,11 @@ writes, `flush` puts them into the store with one write per partition and sends 
 changelog records in producer batches of our own aiokafka producer, then records the
 changelog offset the store holds (what faust's recovery resumes from). faust's per-key
 write path (a future, a callback and a persisted-offset write per key) costs ~20 µs a key;
-this costs ~2 µs. Recovery, standby replicas and rebalances stay faust's: the changelog
-records are exactly those faust would have written for a table of raw keys and values.
+this costs ~2 µs. The changelog records are exactly those faust would have written for a
+table of raw keys and values, so standby replicas and the memory store's recovery stay
+faust's. With RocksDB the active partitions are restored by `restore` before faust's
+recovery looks at them: faust applies changelog records one message at a time (~4,600
+records/s on the embedded broker), `restore` one fetch of many records at a time.
 
 What this relies on in faust-streaming 0.15.3 (pinned by tests/integration/test_tables.py,
 exercised by the crash and rebalance tests): the memory store keeps its items in
@@ -19,17 +22,25 @@ opens one database per partition (`Store._db_for_partition`) and keeps raw bytes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, MutableMapping
+import logging
+import time
+from collections.abc import Callable, Iterator, MutableMapping, Set
 from typing import Any, Final
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 # Records per changelog producer batch stay under the broker's default message limit.
 BULK_BATCH_BYTES: Final = 512 * 1024
 # Unawaited changelog writes are forgotten once acknowledged (checked every this many).
 _PRUNE_AT: Final = 4096
+# A restore reads the changelog in fetches of up to this many bytes per partition.
+RESTORE_FETCH_BYTES: Final = 8 * 1024 * 1024
+# A restore that gets no record for this long leaves the rest to faust's recovery.
+RESTORE_STALL_SECONDS: Final = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class LazyProducer:
@@ -51,6 +62,11 @@ class LazyProducer:
                     await producer.start()
                     self._producer = producer
         return self._producer
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The connection options (also those of the restoring consumer)."""
+        return self._options
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -140,6 +156,108 @@ class BulkTable(DurableTable):
             return memory.get(key)
         value: bytes | None = self.data._db_for_partition(partition).get(key)
         return value
+
+    # -- restoring -----------------------------------------------------------------------
+    async def on_rebalance(
+        self,
+        assigned: Set[TP],
+        revoked: Set[TP],
+        newly_assigned: Set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        """faust calls this before its recovery reads the stores' persisted offsets, so a
+        partition restored here is one faust finds up to date."""
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self._memory() is not None or self._producer is None:
+            return  # the memory store persists no offsets: faust's recovery reads it all
+        if generation_id != self.app.consumer_generation_id:
+            return  # a stale rebalance (faust's recovery ignores it too)
+        topic = self.changelog_topic_name
+        actives = self.app.assignor.assigned_actives()
+        await self.restore(sorted(tp.partition for tp in actives if tp.topic == topic))
+
+    async def restore(self, partitions: list[int]) -> int:
+        """Apply the changelog records after each partition's persisted offset, up to the
+        end offset the broker reports (as faust's recovery does); the records applied."""
+        if not partitions:
+            return 0
+        assert self._producer is not None, "BulkTable.attach() was not called"
+        consumer = AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_bytes=RESTORE_FETCH_BYTES,
+            max_partition_fetch_bytes=RESTORE_FETCH_BYTES,
+            **self._producer.options,
+        )
+        await consumer.start()
+        try:
+            started = time.monotonic()
+            ranges = await self._unrestored(consumer, partitions)
+            applied = await self._apply_changelog(consumer, ranges)
+        finally:
+            await consumer.stop()
+        if applied:
+            log.info(
+                "%s: restored %d changelog records of partitions %s in %.1fs",
+                self.name,
+                applied,
+                partitions,
+                time.monotonic() - started,
+            )
+        return applied
+
+    async def _unrestored(
+        self, consumer: AIOKafkaConsumer, partitions: list[int]
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """Per changelog partition, the [first, end) offsets the store does not hold yet."""
+        topic = self.changelog_topic_name
+        tps = [TopicPartition(topic, partition) for partition in partitions]
+        ends = await consumer.end_offsets(tps)
+        beginnings = await consumer.beginning_offsets(tps)
+        ranges = {}
+        for tp in tps:
+            persisted = self.data.persisted_offset(TP(topic, tp.partition))
+            first = max(beginnings[tp], -1 if persisted is None else persisted + 1)
+            if first < ends[tp]:
+                ranges[tp] = (first, ends[tp])
+        return ranges
+
+    async def _apply_changelog(
+        self, consumer: AIOKafkaConsumer, ranges: dict[TopicPartition, tuple[int, int]]
+    ) -> int:
+        consumer.assign(list(ranges))
+        for tp, (first, _) in ranges.items():
+            consumer.seek(tp, first)
+        applied, last_progress = 0, time.monotonic()
+        while ranges:
+            fetched = await consumer.getmany(*ranges, timeout_ms=1000)
+            for tp, messages in fetched.items():
+                applied += self._apply_records(tp, messages, ranges[tp][1])
+                last_progress = time.monotonic()
+                if await consumer.position(tp) >= ranges[tp][1]:
+                    del ranges[tp]
+            if ranges and time.monotonic() - last_progress > RESTORE_STALL_SECONDS:
+                log.warning("%s: restore stalled; faust's recovery reads the rest", self.name)
+                break
+        return applied
+
+    def _apply_records(self, tp: TopicPartition, messages: list[Any], end: int) -> int:
+        """Write the records below `end` in one batch, then the offset they reach."""
+        from rocksdict import WriteBatch  # only with the RocksDB store
+
+        batch, count = WriteBatch(raw_mode=True), 0
+        for message in messages:
+            if message.offset >= end:
+                break
+            if message.value is None:
+                batch.delete(message.key)
+            else:
+                batch.put(message.key, message.value)
+            count += 1
+        if count:
+            self.data._db_for_partition(tp.partition).write(batch)
+            self.data.set_persisted_offset(TP(tp.topic, tp.partition), messages[count - 1].offset)
+        return count
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every stored item of the partitions this worker holds."""

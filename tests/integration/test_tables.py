@@ -12,6 +12,7 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.types import TP
 
 from stream.broker import EmbeddedBroker, TopicSpec, create_topics
 from stream.tables import BulkTable, LazyProducer
@@ -123,6 +124,42 @@ async def test_a_bulk_written_table_reads_back_and_its_changelog_holds_exactly_t
         await consumer.stop()
     assert restored == written
     assert set(end_offsets.values()) == {50}  # exact, so faust's recovery reads it all
+
+
+async def test_restore_applies_the_changelog_in_order_up_to_its_end_and_then_nothing(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """What a RocksDB worker does at assignment, before faust's recovery: the store ends
+    up holding the latest value of every key, with the persisted offset faust resumes from."""
+    writer = _bulk_table(_app(broker, topic_prefix, "rocksdb://", tmp_path / "writer"))
+    topic = writer.changelog_topic_name
+    await create_topics(broker.bootstrap, [TopicSpec(topic, 2)])
+    producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    writer.attach(producer)
+    latest: dict[tuple[int, bytes], bytes] = {}
+    try:
+        for version in range(3):  # each key written three times, the last value wins
+            for partition in (0, 1):
+                for i in range(2000):
+                    key, value = b"customer-%d" % i, b'{"v":%d,"p":%d}' % (version, partition)
+                    writer.stage(partition, key, value)
+                    latest[(partition, key)] = value
+            await writer.flush()
+    finally:
+        await producer.stop()
+
+    reader = _bulk_table(_app(broker, topic_prefix, "rocksdb://", tmp_path / "reader"))
+    reader_producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    reader.attach(reader_producer)
+    try:
+        assert await reader.restore([0, 1]) == 2 * 3 * 2000
+        for (partition, key), value in latest.items():
+            assert reader.read(partition, key) == value
+        for partition in (0, 1):
+            assert reader.data.persisted_offset(TP(topic, partition)) == 3 * 2000 - 1
+        assert await reader.restore([0, 1]) == 0  # up to date: faust's recovery reads nothing
+    finally:
+        await reader_producer.stop()
 
 
 class _UnreachableProducer(LazyProducer):
