@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import time
 
+import pytest
+
 from stream.broker import create_topics, free_port, standard_topics
 from tests.integration.kafka_io import (
     WorkerProcess,
@@ -72,8 +74,10 @@ async def wait_until_reading(worker: WorkerProcess, timeout: float = 60) -> None
     raise AssertionError(f"worker read nothing in {timeout}s\n{worker.log_tail()}")
 
 
-async def test_failover_then_rebalance_keep_results_exact(broker, topic_prefix, tmp_path):
-    settings = reliability_settings(topic_prefix, broker.url, tmp_path)
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_failover_then_rebalance_keep_results_exact(broker, topic_prefix, tmp_path, store):
+    """With rocksdb:// the partitions that move are restored in bulk (stream/tables.py)."""
+    settings = reliability_settings(topic_prefix, broker.url, tmp_path, store=store)
     await create_topics(broker.bootstrap, standard_topics(settings))
     raw = simulated(customers=300, days=120, seed=31)
     cut = len(raw) * 3 // 5
@@ -124,4 +128,6 @@ async def test_failover_then_rebalance_keep_results_exact(broker, topic_prefix, 
         for worker in (a, b, c):
             if worker.process is not None:
                 worker.stop()
+    if store == "rocksdb://":  # the partitions b took over came back through the bulk restore
+        assert "customers: restored" in b.log_text(), b.log_tail(60)
     print(f"two workers {spread}; after the new worker joined {respread}; {timings}")
