@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
     )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Warm copies of each table partition kept by other workers (faust's "
+        "table_standby_replicas). Each copy replays every history write of the partition "
+        "through faust's per-message path; without one, a failover restores the partition "
+        "from its changelog (in bulk with RocksDB).",
+    )
     producer_max_batch_size: int = Field(
         default=16384,
         ge=1,
