@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, MutableMapping, Set
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final
 
 import faust
@@ -160,9 +160,9 @@ class BulkTable(DurableTable):
     # -- restoring -----------------------------------------------------------------------
     async def on_rebalance(
         self,
-        assigned: Set[TP],
-        revoked: Set[TP],
-        newly_assigned: Set[TP],
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
         generation_id: int = 0,
     ) -> None:
         """faust calls this before its recovery reads the stores' persisted offsets, so a
