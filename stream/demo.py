@@ -26,7 +26,7 @@ from stream.broker import EmbeddedBroker, create_topics, standard_topics
 from stream.cli import add_settings_flags, settings_from
 from stream.settings import Settings
 from stream.simulator import SimulationConfig, generate_events
-from stream.simulator_cli import produce_events, spike_argument
+from stream.simulator_cli import DeliveryTally, produce_events, spike_argument
 
 VIEW_WINDOWS = ("day", "week", "month", "rolling_30d", "quarter")
 WORKER_STOP_SECONDS = 20.0
@@ -121,7 +121,7 @@ async def _run(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
     worker = subprocess.Popen(command, env=env)
     view = LiveView(settings)
     started = time.monotonic()
-    sent = [0]
+    sent = DeliveryTally()  # acknowledged so far, shown while the simulator produces
     config = SimulationConfig(
         customers=args.customers,
         start=datetime.now(UTC).date() - timedelta(days=args.days),
@@ -131,16 +131,14 @@ async def _run(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         spikes=tuple(args.spike),
     )
 
-    async def simulate() -> None:
-        sent[0] = await produce_events(settings, generate_events(config), args.rate, stop)
-
-    tasks = [asyncio.create_task(view.follow(stop)), asyncio.create_task(simulate())]
+    simulate = produce_events(settings, generate_events(config), args.rate, stop, sent)
+    tasks = [asyncio.create_task(view.follow(stop)), asyncio.create_task(simulate)]
     try:
         while not stop.is_set():
             if worker.poll() is not None:
                 sys.stderr.write(f"worker exited with {worker.returncode}\n")
                 return 1
-            view.show(sent[0], started)
+            view.show(sent.acked, started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=args.refresh)
             if args.duration and time.monotonic() - started >= args.duration:
@@ -149,7 +147,7 @@ async def _run(settings: Settings, args: argparse.Namespace, stop: asyncio.Event
         stop.set()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         _stop_worker(worker)
-    view.show(sent[0], started)
+    view.show(sent.acked, started)
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     for failure in failures:
         sys.stderr.write(f"demo: {type(failure).__name__}: {failure}\n")

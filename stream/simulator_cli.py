@@ -62,8 +62,9 @@ class TokenBucket:
         self._tokens -= 1
 
 
-class _Tally:
-    """Counts delivery results of the produced messages (futures' done callbacks)."""
+class DeliveryTally:
+    """Counts delivery results of the produced messages (futures' done callbacks); readable
+    while they are being produced."""
 
     def __init__(self) -> None:
         self.acked = 0
@@ -93,16 +94,18 @@ async def produce_events(
     events: Iterable[dict[str, Any]],
     rate: float,
     stop: asyncio.Event | None = None,
+    tally: DeliveryTally | None = None,
 ) -> int:
     """Produce `events` to the input topic at `rate` per second (0: unthrottled).
 
-    Key = customer_id, value = the JSON. Returns the number of events acknowledged; stops
-    early (after delivering what was sent) once `stop` is set. Raises KafkaError when the
-    broker cannot be reached and DeliveryError when some events were not acknowledged.
+    Key = customer_id, value = the JSON. Returns the number of events acknowledged (also
+    counted in `tally` as they are); stops early (after delivering what was sent) once
+    `stop` is set. Raises KafkaError when the broker cannot be reached and DeliveryError
+    when some events were not acknowledged.
     """
     producer = AIOKafkaProducer(linger_ms=LINGER_MS, **aiokafka_options(settings))
     await start_producer(producer)
-    tally = _Tally()
+    tally = DeliveryTally() if tally is None else tally
     try:
         await _send_all(producer, settings.input_topic, events, rate, stop, tally)
         await producer.flush()
@@ -120,7 +123,7 @@ async def _send_all(
     events: Iterable[dict[str, Any]],
     rate: float,
     stop: asyncio.Event | None,
-    tally: _Tally,
+    tally: DeliveryTally,
 ) -> None:
     bucket = TokenBucket(rate) if rate > 0 else None
     for count, event in enumerate(events, start=1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import date
 
@@ -164,3 +165,7 @@ def test_demo_runs_and_exits_zero_having_emitted(tmp_path, duration):
     assert list((tmp_path / "data").glob("demo-*")), "the demo keeps its state under data/"
     assert "churn-stream demo" in result.stdout
     assert "month" in result.stdout
+    # the count of events sent moves while the simulator produces (1,500/s for a few s)
+    sent = [int(n.replace(",", "")) for n in re.findall(r"events sent ([\d,]+)", result.stdout)]
+    assert sent == sorted(sent) and sent[-1] > 0, sent
+    assert any(0 < n < sent[-1] for n in sent), sent
