@@ -53,6 +53,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr, ValidationError
 
+from stream import native
 from stream.broker import (
     EmbeddedBroker,
     _die_with_parent_hook,
@@ -445,6 +446,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "compiled_modules": list(native.compiled_sources()),
     }
 
 
@@ -480,6 +482,7 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     memory, recovery = data["memory"], data["recovery"]
     rows = [
         ("machine", f"{machine['cores']} cores, Python {machine['python']}, {data['date']}"),
+        ("compiled with mypyc", ", ".join(machine.get("compiled_modules", [])) or "none"),
         ("events (N)", f"{setup['events']:,}"),
         ("customers", f"{setup['customers']:,} ({setup['days']} days of history)"),
         (

@@ -170,6 +170,14 @@ def test_the_dockerfile_runs_the_worker_as_a_non_root_user():
 def test_the_docker_build_context_keeps_what_the_image_needs():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "stream"):
+    for needed in ("pyproject.toml", "setup.py", "README.md", "stream"):
         assert needed not in ignored
+        assert re.search(rf"^COPY .*\b{re.escape(needed)}\b", DOCKERFILE.read_text(), re.M)
     assert ".venv" in ignored and ".git" in ignored
+    assert "**/*.so" in ignored  # the host's mypyc builds: another Python, maybe stale
+
+
+def test_the_image_is_built_with_a_compiler_for_the_mypyc_modules():
+    build_stage = re.split(r"^FROM ", DOCKERFILE.read_text(), flags=re.M)[1]
+    assert " AS build" in build_stage
+    assert re.search(r"apt-get install .*\bgcc\b", build_stage)

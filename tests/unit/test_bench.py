@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream import bench
+from stream import bench, native
 from stream.bench import (
     PLACEHOLDER,
     BenchResult,
@@ -265,6 +265,7 @@ def _result() -> BenchResult:
 def test_result_json_has_every_field():
     data = bench.result_json(_result())
     assert data["machine"]["cores"] >= 1 and data["machine"]["python"]
+    assert data["machine"]["compiled_modules"] == list(native.compiled_sources())
     assert data["production"]["events_per_second"] == 400_000
     assert data["limit"]["events_per_second"] == 200_000
     assert data["worker"]["events_per_second"] == 10_000
@@ -291,6 +292,8 @@ def test_format_table_shows_each_figure_once():
     assert "1.00 s / 8.00 s / 10.00 s" in table
     assert "12.50 s (after SIGTERM, local tables kept)" in table
     assert "exact" in table
+    compiled = ", ".join(native.compiled_sources()) or "none"
+    assert f"compiled with mypyc               {compiled}" in table
 
 
 def test_format_table_of_skipped_phases_and_failures():
