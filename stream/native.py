@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Final
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent
+# The shared library holding every compiled module's code (setup.py's group_name +
+# "__mypyc"), beside the package. A rebuild rewrites it, but may leave the modules' own
+# small files untouched (their C does not change), with their first build's time.
+GROUP_LIBRARY: Final = "stream_native__mypyc"
 # An installed wheel writes a module's source and its build within moments of each other.
 MTIME_TOLERANCE_S: Final = 2.0
 
@@ -27,14 +31,24 @@ def compiled_sources(package_dir: Path = PACKAGE_DIR) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def _library_built_at(package_dir: Path) -> float | None:
+    times = [
+        library.stat().st_mtime
+        for suffix in EXTENSION_SUFFIXES
+        if (library := package_dir.parent / f"{GROUP_LIBRARY}{suffix}").exists()
+    ]
+    return max(times, default=None)
+
+
 def stale_modules(package_dir: Path = PACKAGE_DIR) -> list[str]:
     """The compiled modules whose source changed after they were built."""
-    return [
-        name
-        for name, compiled in compiled_sources(package_dir).items()
-        if (package_dir / f"{name}.py").stat().st_mtime
-        > compiled.stat().st_mtime + MTIME_TOLERANCE_S
-    ]
+    library = _library_built_at(package_dir)
+    stale = []
+    for name, compiled in compiled_sources(package_dir).items():
+        built_at = max(compiled.stat().st_mtime, library or 0.0)
+        if (package_dir / f"{name}.py").stat().st_mtime > built_at + MTIME_TOLERANCE_S:
+            stale.append(name)
+    return stale
 
 
 class StaleBuildError(ImportError):

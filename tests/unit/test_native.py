@@ -16,12 +16,14 @@ NOW = 1_800_000_000.0
 
 
 def make_package(tmp_path: Path, files: dict[str, float]) -> Path:
-    """Files named as given, with those modification times."""
+    """Files named as given (`../name` beside the package), with those modification times."""
+    package = tmp_path / "stream"
+    package.mkdir()
     for name, mtime in files.items():
-        path = tmp_path / name
+        path = package / name
         path.write_bytes(b"")
         os.utime(path, (mtime, mtime))
-    return tmp_path
+    return package
 
 
 @pytest.mark.parametrize(
@@ -34,6 +36,26 @@ def make_package(tmp_path: Path, files: dict[str, float]) -> Path:
         ({"windows.py": NOW + 1, f"windows{SUFFIX}": NOW}, ["windows"], []),
         # mypyc's shared library has no source beside it
         ({f"stream_native__mypyc{SUFFIX}": NOW}, [], []),
+        # a rebuild rewrites the shared library (the code), not always the module's file
+        (
+            {
+                "windows.py": NOW + 60,
+                f"windows{SUFFIX}": NOW,
+                f"../{native.GROUP_LIBRARY}{SUFFIX}": NOW + 90,
+            },
+            ["windows"],
+            [],
+        ),
+        # ... and a library older than the source is stale like the module's file
+        (
+            {
+                "windows.py": NOW + 60,
+                f"windows{SUFFIX}": NOW,
+                f"../{native.GROUP_LIBRARY}{SUFFIX}": NOW,
+            },
+            ["windows"],
+            ["windows"],
+        ),
         (
             {
                 "lifecycle.py": NOW + 60,
@@ -78,3 +100,8 @@ def test_the_installed_package_runs_the_modules_setup_py_compiles():
     optional); here it fails the suite, so CI measures and tests what users run."""
     assert list(native.compiled_sources()) == setup_py_modules()
     assert native.stale_modules() == []
+
+
+def test_the_shared_library_is_the_one_setup_py_builds():
+    group = native.GROUP_LIBRARY.removesuffix("__mypyc")
+    assert f'group_name="{group}"' in (ROOT / "setup.py").read_text()
