@@ -3,8 +3,14 @@
 The customer stage sends, per dimension, differences keyed by (kind, k, segment value).
 `Aggregator` adds them into entries (one per dimension/kind/segment/k), idempotently
 per source partition and offset, and on `flush` turns prefix sums into output records
-for the windows whose counts or finality changed. Its durable state lives in two
-mutable mappings (faust tables in the worker, dicts in tests).
+for the windows whose counts or finality changed. Its durable state lives in three
+mutable mappings (faust tables in the worker, dicts in tests): entries, meta, and a note
+per emitted window of what was last emitted for it.
+
+A flush's notes must be durable before its records are sent: a record whose note was lost
+would stay the output's latest when the window's counts return to the older note's. Each
+note carries the number of the flush that wrote it, so `load` knows the last flush of each
+dimension, whose records a crash may have cut off, and emits them again.
 """
 
 from __future__ import annotations
@@ -101,6 +107,10 @@ class Aggregator:
         self._meta: dict[str, DimensionMeta] = {}
         self._final_through: dict[tuple[str, str], int] = {}  # (dimension, kind) -> k
         self._open_through: dict[tuple[str, str], int] = {}
+        self._flushes: dict[str, int] = {}  # dimension -> number of its last flush with notes
+        # notes of each dimension's last flush before a restart: its records may not all
+        # have reached the output, so they are emitted again whatever the counts
+        self._unconfirmed: set[str] = set()
 
     # -- loading ---------------------------------------------------------------------
     def load(self) -> None:
@@ -118,6 +128,21 @@ class Aggregator:
             series = self._series.setdefault((dimension, kind, segment), Series())
             series.deltas[int(k)] = tuple(entry["c"])
             series.mark(int(k))
+        self._load_flushes()
+
+    def _load_flushes(self) -> None:
+        self._flushes.clear()
+        last: dict[str, list[str]] = {}
+        for key, note in self._emitted.items():
+            dimension = key.split(_SEP, 1)[0]
+            number = _flush_number(note)
+            known = self._flushes.get(dimension)
+            if known is None or number > known:
+                self._flushes[dimension] = number
+                last[dimension] = [key]
+            elif number == known:
+                last[dimension].append(key)
+        self._unconfirmed = {key for keys in last.values() for key in keys}
 
     # -- applying --------------------------------------------------------------------
     def meta(self, dimension: str) -> DimensionMeta:
@@ -225,6 +250,7 @@ class Aggregator:
     def _flush_dimension(self, dimension: str) -> Iterator[tuple[str, dict[str, object]]]:
         meta = self.meta(dimension)
         watermark = meta.watermark_ms
+        number = self._flushes.get(dimension, -1) + 1
         for kind in windows.ALL_KINDS:
             last = self.open_window(dimension, kind)
             if last is None:
@@ -238,12 +264,42 @@ class Aggregator:
                 start = _flush_start(series, previous_final, final_through, previous_open, last)
                 if start is None:
                     continue
-                yield from self._emit_series(
-                    dimension, kind, segment, series, start, last, final_through, watermark
-                )
+                for emitted in self._emit_series(
+                    dimension, kind, segment, series, start, last, final_through, watermark, number
+                ):
+                    self._flushes[dimension] = number
+                    yield emitted
                 series.dirty_from = None
             self._final_through[(dimension, kind.name)] = final_through
             self._open_through[(dimension, kind.name)] = last
+        yield from self._emit_unconfirmed(dimension, watermark, number)
+
+    def _emit_unconfirmed(
+        self, dimension: str, watermark: int | None, number: int
+    ) -> Iterator[tuple[str, dict[str, object]]]:
+        """The records of the last flush before a restart that the windows above did not
+        emit again (a window past the restored open one, a segment not restored yet)."""
+        keys = sorted(key for key in self._unconfirmed if key.split(_SEP, 1)[0] == dimension)
+        for key in keys:
+            _, kind_name, segment, index = key.split(_SEP)
+            kind, k = windows.KINDS_BY_NAME[kind_name], int(index)
+            counts = self.window_counts(dimension, kind_name, segment, k)
+            final = k <= self._last_final(kind, watermark)
+            revision = self._emission(key, counts, final, number)
+            if revision is None:  # (not reached: an unconfirmed note is always emitted)
+                continue
+            self._flushes[dimension] = number
+            record = build_record(
+                kind,
+                k,
+                dimension,
+                segment,
+                counts,
+                final=final,
+                revision=revision,
+                watermark_ms=watermark,
+            )
+            yield record_key(kind_name, dimension, segment, windows.start_ms(kind, k)), record
 
     def _last_final(self, kind: windows.WindowKind, watermark: int | None) -> int:
         if watermark is None:
@@ -266,6 +322,7 @@ class Aggregator:
         last: int,
         final_through: int,
         watermark: int | None,
+        number: int,
     ) -> Iterator[tuple[str, dict[str, object]]]:
         first = min(series.deltas)
         start = max(start, first)
@@ -277,7 +334,9 @@ class Aggregator:
             step = series.deltas.get(k)
             if step is not None:
                 running = add(running, step)
-            emission = self._emission(dimension, kind, segment, k, running, k <= final_through)
+            emission = self._emission(
+                _emitted_key(dimension, kind.name, segment, k), running, k <= final_through, number
+            )
             if emission is None:
                 continue
             revision = emission
@@ -293,32 +352,31 @@ class Aggregator:
             )
             yield record_key(kind.name, dimension, segment, windows.start_ms(kind, k)), record
 
-    def _emission(
-        self,
-        dimension: str,
-        kind: windows.WindowKind,
-        segment: str,
-        k: int,
-        counts: Counts,
-        final: bool,
-    ) -> int | None:
-        """The revision to emit with, or None if nothing changed since the last emission."""
-        key = _emitted_key(dimension, kind.name, segment, k)
+    def _emission(self, key: str, counts: Counts, final: bool, number: int) -> int | None:
+        """The revision to emit with, or None if nothing changed since the last emission.
+        The note (revision, finality, counts, flush number) is written here."""
         previous = self._emitted.get(key)
         if previous is None:
             if not any(counts):
                 return None
-            self._emitted[key] = [0, final, list(counts)]
+            self._emitted[key] = [0, final, list(counts), number]
             return 0
-        revision, was_final, was_counts = previous
-        if was_final == final and tuple(was_counts) == counts:
+        revision, was_final, was_counts = previous[0], previous[1], previous[2]
+        unchanged = was_final == final and tuple(was_counts) == counts
+        if unchanged and key not in self._unconfirmed:
             return None
-        self._emitted[key] = [revision + 1, final, list(counts)]
+        self._unconfirmed.discard(key)
+        self._emitted[key] = [revision + 1, final, list(counts), number]
         return int(revision) + 1
 
 
 def _emitted_key(dimension: str, kind: str, segment: str, k: int) -> str:
     return _SEP.join((dimension, kind, segment, str(k)))
+
+
+def _flush_number(note: list[Any]) -> int:
+    """The number of the flush that wrote a note (notes from before numbering: -1)."""
+    return int(note[3]) if len(note) > 3 else -1
 
 
 def _flush_start(

@@ -25,7 +25,13 @@ partition as the state it guards, written after that state):
 - both: a message at or below the position is skipped; a message beyond position + 1 means
   the consumer skipped something, which is read back from Kafka and applied first, in
   order.
-Metric records and alerts are acknowledged before the tables note them as sent.
+Emitting: the notes of what a flush is about to emit (aggregate-emitted) are acknowledged
+before its records are sent, and the records and alerts before the flush's entries and
+position are written. After a restart the last flush's records are emitted again (see
+stream/aggregation.py): a crash may have cut them off.
+Rebalances: a segment handler that a revocation interrupted (faust signals revocation
+while an agent may still be inside a message) stops at its next step without writing
+(`SupersededError`): the partition's next owner applies its messages again from the tables.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from prometheus_client import (
 )
 
 from stream.aggregation import Aggregator, by_dimension
-from stream.alerting import SpikeAlerts
+from stream.alerting import Emitted, SpikeAlerts
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
 from stream.faust_consumer import prompt_fetches
@@ -63,6 +69,7 @@ from stream.observability import HealthMetrics, Metrics, TableSizes, WindowColle
 from stream.records import encode_record
 from stream.routing import decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
+from stream.spikes import SpikeAlert
 from stream.tables import BulkTable, DurableTable, LazyProducer, PartitionStore
 
 log = logging.getLogger(__name__)
@@ -274,6 +281,8 @@ class Worker:
     assigned: dict[str, set[int]] = field(default_factory=dict)
     # customer partition -> acknowledgements of the differences its last batch sent
     delta_acks: dict[int, list[Any]] = field(default_factory=dict)
+    # revocations and assignments so far: a handler that began before one must not write
+    rebalances: int = 0
 
     def tables_acknowledged(self) -> bool:
         """Whether every table write this process made is in the changelog (then the local
@@ -485,11 +494,24 @@ def _wire(worker: Worker) -> None:
     app.page("/metrics")(MetricsPage)
 
 
+class SupersededError(Exception):
+    """A rebalance began while a message was being handled: what the handler applied was
+    discarded, and the partition's next owner applies the message again from the tables."""
+
+
+def _still_current(worker: Worker, rebalances: int) -> None:
+    """Raise `SupersededError` if a rebalance happened since the handler read `rebalances`."""
+    if worker.rebalances != rebalances:
+        raise SupersededError
+
+
 async def _guarded(worker: Worker, stage: str, work: Any) -> None:
     """Run one message's work; any failure stops the worker. (An exception inside a faust
     agent would otherwise restart the agent with the message acked, i.e. skipped.)"""
     try:
         await work
+    except SupersededError:
+        log.info("%s: a rebalance interrupted a message; it is applied again", stage)
     except asyncio.CancelledError:
         raise
     except Exception as error:
@@ -641,10 +663,11 @@ async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> list[Any]
 def _forget_unflushed(worker: Worker) -> None:
     """At a rebalance: what was applied but not yet written is applied again from the
     tables' positions (the segment stage reads back what the consumer has passed)."""
+    worker.rebalances += 1
     for confirmed in worker.confirmed.values():
         confirmed.clear()
     worker.flush_held_until.clear()  # found again from the tables
-    for store in worker.aggregate_stores:
+    for store in (*worker.aggregate_stores, worker.emitted_store, worker.spike_store):
         store.discard()
 
 
@@ -664,6 +687,7 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
     message = event.message
     partition, offset = message.partition, message.offset
     topic = worker.settings.delta_topic
+    rebalances = worker.rebalances
     done = worker.confirmed["segments"].get(partition)
     if done is None:
         done = _resume_segments(worker, partition)
@@ -675,6 +699,7 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
         # After a restart or rebalance: messages applied before but not flushed, or
         # messages the consumer skipped.
         missed = await worker.refetcher.read(topic, partition, start, offset)
+        _still_current(worker, rebalances)
         log.warning(
             "segments: %s[%d] offsets %d..%d not in the tables; applying %d read back",
             topic,
@@ -685,10 +710,10 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
         )
         for skipped in missed:
             await _apply_deltas(
-                worker, partition, skipped.offset, skipped.key, skipped.value, outputs
+                worker, partition, skipped.offset, skipped.key, skipped.value, outputs, rebalances
             )
             worker.health.refetched.labels("segments").inc()
-    await _apply_deltas(worker, partition, offset, message.key, message.value, outputs)
+    await _apply_deltas(worker, partition, offset, message.key, message.value, outputs, rebalances)
 
 
 def _resume_segments(worker: Worker, partition: int) -> int | None:
@@ -730,7 +755,9 @@ async def _apply_deltas(
     key: bytes | None,
     value: bytes,
     outputs: Outputs,
+    rebalances: int,
 ) -> None:
+    _still_current(worker, rebalances)
     for store in worker.aggregate_stores:
         store.select(partition)
     if value != TICK:
@@ -740,25 +767,49 @@ async def _apply_deltas(
             key.decode(), message.source, message.offset, message.watermarks, message.deltas
         )
     worker.confirmed["segments"][partition] = offset
-    await _maybe_flush(worker, partition, outputs)
+    await _maybe_flush(worker, partition, outputs, rebalances)
     for table in (*worker.aggregate_tables, worker.spike_table):
         await table.backpressure(MAX_UNACKNOWLEDGED_WRITES)
 
 
-async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None:
+async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs, rebalances: int) -> None:
     now = time.monotonic()
     if now - worker.last_flush.get(partition, 0.0) < worker.settings.emit_interval_seconds:
         return
     if _flush_held(worker, partition):
         return
     worker.last_flush[partition] = now
+    records, alerts = _flush_owned(worker, partition)
+    if records:
+        # Write-ahead: the notes of what is emitted, durable before it is sent. A record
+        # sent and its note lost would stay the latest if the counts went back to the
+        # older note's (which is then never emitted again).
+        worker.emitted_store.commit()
+        await worker.aggregate_tables[2].acknowledged()
+        _still_current(worker, rebalances)
     output_topic, alert_topic = outputs
+    acks = [
+        await output_topic.send(key=key.encode(), value=encode_record(record))
+        for key, record in records
+    ]
+    for alert in alerts:
+        acks.append(await alert_topic.send(key=alert.key.encode(), value=alert.model_dump_json()))
+    for ack in acks:
+        await ack
+    _still_current(worker, rebalances)
+    # Only now that alerts are acknowledged may the spike state say they were sent.
+    worker.spike_store.commit()
+    _commit_segments(worker, partition)
+
+
+def _flush_owned(worker: Worker, partition: int) -> tuple[Emitted, list[SpikeAlert]]:
+    """The records and alerts of the dimensions a segment partition owns."""
+    records: Emitted = []
+    alerts: list[SpikeAlert] = []
     dimensions = ("all", *worker.settings.dimensions)
-    acks = []
     for dimension in (d for d in dimensions if _owner(worker, d) == partition):
         emitted = list(worker.aggregator.flush([dimension]))
-        for key, record in emitted:
-            acks.append(await output_topic.send(key=key.encode(), value=encode_record(record)))
+        records.extend(emitted)
         for alert in worker.spikes.observe(dimension, emitted, worker.aggregator):
             log.warning(
                 "churn spike %s: %s %s/%s score %.1f",
@@ -768,15 +819,8 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs) -> None
                 alert.segment,
                 alert.score,
             )
-            acks.append(
-                await alert_topic.send(key=alert.key.encode(), value=alert.model_dump_json())
-            )
-    for ack in acks:
-        await ack
-    # Only now that records and alerts are acknowledged may the tables say they were sent.
-    worker.emitted_store.commit()
-    worker.spike_store.commit()
-    _commit_segments(worker, partition)
+            alerts.append(alert)
+    return records, alerts
 
 
 def _commit_segments(worker: Worker, partition: int) -> None:

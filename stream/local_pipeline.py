@@ -30,6 +30,12 @@ def merge_watermarks(known: dict[int, int], update: dict[int, int]) -> None:
         known[partition] = max(known.get(partition, time_ms), time_ms)
 
 
+def apply_segment_message(aggregator: Aggregator, dimension: str, raw: bytes) -> None:
+    """One message of the segment-deltas topic (keyed by dimension)."""
+    message = decode_deltas(raw)
+    aggregator.apply(dimension, message.source, message.offset, message.watermarks, message.deltas)
+
+
 @dataclass
 class CustomerPartition:
     stage: CustomerStage
@@ -87,11 +93,12 @@ class LocalPipeline:
         self.duplicates += outcome.duplicates
         state.offset += 1
         for dimension, deltas in by_dimension(outcome.deltas, self.dimensions).items():
-            raw_deltas = encode_deltas(partition, state.offset, state.watermarks, deltas)
-            message = decode_deltas(raw_deltas)
-            self.aggregator.apply(
-                dimension, message.source, message.offset, message.watermarks, message.deltas
+            self.segment_message(
+                dimension, encode_deltas(partition, state.offset, state.watermarks, deltas)
             )
+
+    def segment_message(self, dimension: str, raw: bytes) -> None:
+        apply_segment_message(self.aggregator, dimension, raw)
 
     def flush(self) -> None:
         for dimension in self.aggregator.dimensions():

@@ -106,6 +106,9 @@ class OutputFollower:
         )
         self.latest: Records = {}
         self.received = 0
+        # a key's record whose revision is not above the one before it (README: a consumer
+        # keeps the highest revision, so revisions must only grow, even across crashes)
+        self.revisions_not_growing: list[str] = []
 
     async def __aenter__(self) -> OutputFollower:
         await self._consumer.start()
@@ -120,8 +123,16 @@ class OutputFollower:
             batches = await self._consumer.getmany(timeout_ms=200)
             for batch in batches.values():
                 for message in batch:
-                    self.latest[message.key.decode()] = orjson.loads(message.value)
-                    self.received += 1
+                    self._receive(message.key.decode(), orjson.loads(message.value))
+
+    def _receive(self, key: str, record: dict[str, Any]) -> None:
+        previous = self.latest.get(key)
+        if previous is not None and record["revision"] <= previous["revision"]:
+            self.revisions_not_growing.append(
+                f"{key}: revision {record['revision']} after {previous['revision']}"
+            )
+        self.latest[key] = record
+        self.received += 1
 
     async def wait_until(
         self, done: Callable[[Records], bool], timeout: float, step: float = 1.0
@@ -354,6 +365,7 @@ async def converge(bootstrap: str, topic: str, expected: Records, timeout: float
     async with OutputFollower(bootstrap, topic) as output:
         done = await output.wait_until(lambda latest: not differences(latest, expected), timeout)
         assert done, differences(output.latest, expected)[:20]
+        assert output.revisions_not_growing == []
         return dict(output.latest)
 
 

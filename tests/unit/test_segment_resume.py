@@ -5,6 +5,7 @@ is ahead of its position emits nothing until the messages up to the note are app
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ async def test_a_held_partition_flushes_nothing_and_keeps_its_writes(tmp_path):
     entries_store["entry"] = 1
     worker.confirmed["segments"][0] = 9
     # not held, this flush would write the tables, which faust refuses outside a stream
-    await _maybe_flush(worker, 0, (None, None))
+    await _maybe_flush(worker, 0, (None, None), worker.rebalances)
     assert entries_store.get("entry") == 1
     assert worker.aggregate_tables[0].get("entry") is None
     assert 0 not in worker.last_flush
@@ -105,3 +106,77 @@ def test_a_held_partition_s_dimensions_are_not_exposed_until_applied_again(tmp_p
     worker.confirmed["segments"][owner] = 16
     _flush_held(worker, owner)
     assert exposed()
+
+
+def worker_with_a_window(tmp_path: Path) -> tuple[Worker, int]:
+    """A worker whose aggregator has one window of `all` to emit; and its partition."""
+    from stream.app import _owner
+    from stream.formulas import WIDTH
+
+    worker = restored(tmp_path, None, None)
+    owner = _owner(worker, "all")
+    for store in worker.aggregate_stores:
+        store.select(owner)
+    counts = (1,) + (0,) * (WIDTH - 1)
+    worker.aggregator.apply("all", 0, 0, {0: 1_767_225_600_000}, {("day", 20454, "all"): counts})
+    return worker, owner
+
+
+async def test_a_flush_s_notes_are_acknowledged_before_its_records_are_sent(tmp_path, monkeypatch):
+    import stream.app
+
+    worker, owner = worker_with_a_window(tmp_path)
+    steps: list[str] = []
+
+    async def acknowledged() -> None:
+        steps.append("notes acknowledged")
+
+    class Topic:
+        async def send(self, key: bytes, value: bytes) -> asyncio.Future:
+            steps.append("record sent")
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+    monkeypatch.setattr(worker.emitted_store, "commit", lambda: steps.append("notes written"))
+    monkeypatch.setattr(worker.aggregate_tables[2], "acknowledged", acknowledged)
+    monkeypatch.setattr(worker.spike_store, "commit", lambda: steps.append("spike state"))
+    monkeypatch.setattr(stream.app, "_commit_segments", lambda *_: steps.append("position"))
+    worker.confirmed["segments"][owner] = 0
+    await _maybe_flush(worker, owner, (Topic(), Topic()), worker.rebalances)
+    assert steps[:3] == ["notes written", "notes acknowledged", "record sent"]
+    assert steps[-2:] == ["spike state", "position"]
+
+
+def test_a_rebalance_discards_every_held_write_and_is_counted(tmp_path):
+    worker, _ = worker_with_a_window(tmp_path)
+    list(worker.aggregator.flush())  # notes held in the emitted store
+    worker.spike_store["state"] = 1
+    before = worker.rebalances
+    _forget_unflushed(worker)
+    assert worker.rebalances == before + 1
+    stores = (*worker.aggregate_stores, worker.emitted_store, worker.spike_store)
+    assert all(not store._pending for store in stores)
+
+
+async def test_a_handler_a_rebalance_interrupted_stops_without_writing(tmp_path):
+    from stream.app import TICK, SupersededError, _apply_deltas, _guarded
+
+    worker, owner = worker_with_a_window(tmp_path)
+    began = worker.rebalances
+    _forget_unflushed(worker)  # faust signals revocation while the handler awaits
+    with pytest.raises(SupersededError):
+        await _apply_deltas(worker, owner, 7, None, TICK, (None, None), began)
+    assert worker.confirmed["segments"] == {}
+    crashed: list[BaseException] = []
+
+    async def crash(error: BaseException) -> None:
+        crashed.append(error)
+
+    worker.app.crash = crash  # type: ignore[method-assign]
+
+    async def interrupted() -> None:
+        raise SupersededError
+
+    await _guarded(worker, "segments", interrupted())  # not a failure: no crash
+    assert crashed == []
