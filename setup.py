@@ -14,6 +14,7 @@ NATIVE_MODULES = [
     "stream/lifecycle.py",
     "stream/contributions.py",
     "stream/customers.py",
+    "stream/decoding.py",
     "stream/routing.py",
     "stream/aggregation.py",
 ]

@@ -1116,7 +1116,7 @@ def _incomplete(bench: Bench, expectation: Expectation, timeout: float) -> str:
 def verify(settings: Settings, output: Records, workload: Workload) -> list[str]:
     """Differences between `output` and `churn-stream batch` over the same events."""
     from stream.batch import compute_records
-    from stream.events import decode_event
+    from stream.decoding import decode_event
 
     events = [decode_event(value, settings.dimensions) for _, _, value in workload.payloads]
     expected = {

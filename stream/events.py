@@ -1,14 +1,15 @@
 """The input contract: customer lifecycle events, their validation and compact form.
 
-No Kafka here. `decode_event` turns raw bytes into a `LifecycleEvent` (the compact,
-integer-only form the rest of the domain uses) or raises `InvalidEventError` with a short,
-stable reason code that becomes the dead-letter reason and a metric label.
+No Kafka here. `parse_event` validates raw bytes against the model or raises
+`InvalidEventError` with a short, stable reason code that becomes the dead-letter reason
+and a metric label; `compact` turns a valid event into a `LifecycleEvent`, the compact,
+integer-only form the rest of the domain uses. `stream.decoding` does both, with a fast
+path for plainly valid input.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Final, NamedTuple
@@ -182,101 +183,6 @@ def compact(event: CustomerEvent, dimensions: tuple[str, ...]) -> LifecycleEvent
         amount_micros=None if event.amount is None else to_micros(event.amount),
         segment=tuple(event.attributes.get(name) for name in dimensions),
     )
-
-
-def decode_event(raw: bytes, dimensions: tuple[str, ...]) -> LifecycleEvent:
-    """Validate and compact one input message; raises `InvalidEventError` with its reason."""
-    event = _decode_plain(raw, dimensions)
-    if event is not None:
-        return event
-    return compact(parse_event(raw), dimensions)
-
-
-# -- the fast path ------------------------------------------------------------------------
-# Most input is plainly well-formed. `_decode_plain` accepts only a strict subset of what
-# the pydantic model accepts (tests/unit/test_events.py checks that it returns the same
-# event whenever it returns one) and leaves everything else, and every error message, to
-# `parse_event`. It is ~4x faster.
-_PLAIN_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})")
-_EARLIEST_MS: Final = 946_684_800_000  # EARLIEST_EVENT_TIME
-_ONE_MS: Final = timedelta(milliseconds=1)
-
-
-def _plain_id(value: object) -> bool:
-    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
-
-
-def _plain_money(value: object) -> int | None:
-    """Micros of a plain JSON number within the contract's range, else None."""
-    number = type(value) is int or (type(value) is float and math.isfinite(value))
-    if number and 0 <= value <= MAX_MONEY:  # type: ignore[operator]
-        return to_micros(float(value))  # type: ignore[arg-type]
-    return None
-
-
-def _plain_attributes(value: object) -> bool:
-    if type(value) is not dict or len(value) > MAX_ATTRIBUTES:
-        return False
-    for key, text in value.items():
-        if not (0 < len(key) <= MAX_ATTRIBUTE_KEY_LENGTH and type(text) is str):
-            return False
-        if len(text) > MAX_ATTRIBUTE_VALUE_LENGTH:
-            return False
-    return True
-
-
-def _plain_time_ms(value: object) -> int | None:
-    if type(value) is not str or _PLAIN_TIME.fullmatch(value) is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return (moment - _EPOCH) // _ONE_MS
-
-
-def _decode_plain(raw: bytes, dimensions: tuple[str, ...]) -> LifecycleEvent | None:
-    """The event if `raw` is a plainly valid event, else None (not necessarily invalid)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(body) is not dict:
-        return None
-    event_id, customer_id, type_name = (
-        body.get("event_id"),
-        body.get("customer_id"),
-        body.get("type"),
-    )
-    kind = EVENT_TYPES.get(type_name) if type(type_name) is str else None
-    if kind is None or not (_plain_id(event_id) and _plain_id(customer_id)):
-        return None
-    time_ms = _plain_time_ms(body.get("occurred_at"))
-    if time_ms is None or time_ms < _EARLIEST_MS:
-        return None
-    mrr = body.get("mrr")
-    amount = body.get("amount")
-    mrr_micros = None if mrr is None else _plain_money(mrr)
-    amount_micros = None if amount is None else _plain_money(amount)
-    if (mrr is not None and (mrr_micros is None or kind not in EVENTS_WITH_MRR)) or (
-        (amount is None) == (kind is EventType.PURCHASE)
-        or (amount is not None and amount_micros is None)
-    ):
-        return None
-    attributes = body.get("attributes", _NO_ATTRIBUTES)
-    if attributes is not _NO_ATTRIBUTES and not _plain_attributes(attributes):
-        return None
-    segment = tuple(map(attributes.get, dimensions))
-    return _new_event(
-        LifecycleEvent,
-        (customer_id, event_id, kind, time_ms, mrr_micros, amount_micros, segment),
-    )
-
-
-_NO_ATTRIBUTES: Final[dict[str, str]] = {}
-_new_event: Final = tuple.__new__  # a named tuple without its Python-level __new__
 
 
 def event_to_json(event: CustomerEvent) -> bytes:

@@ -18,7 +18,8 @@ import orjson
 from stream import windows
 from stream.aggregation import DimensionDeltas
 from stream.customers import event_from_row, event_to_row, partition_for
-from stream.events import InvalidEventError, LifecycleEvent, decode_event
+from stream.decoding import decode_event
+from stream.events import InvalidEventError, LifecycleEvent
 
 
 class RecordLike(Protocol):

@@ -187,7 +187,7 @@ def test_marker_tracker_reflects_in_order_and_bounds_the_rest():
 
 
 def test_marker_event_is_a_valid_purchase_of_the_marker_segment():
-    from stream.events import decode_event
+    from stream.decoding import decode_event
 
     event = bench.marker_event(401, 1_780_000_000.25, "plan")
     decoded = decode_event(orjson.dumps(event), ("plan", "region"))
@@ -220,7 +220,7 @@ def test_build_workload_produces_exactly_n_valid_events():
     assert workload.expectation.events == 3000
     assert workload.customers == 300
     assert 0 < workload.expectation.customers <= 300
-    from stream.events import decode_event
+    from stream.decoding import decode_event
 
     for partition, key, value in workload.payloads[:200]:
         event = decode_event(value, ("plan", "region"))
