@@ -157,6 +157,18 @@ class BulkTable(DurableTable):
         value: bytes | None = self.data._db_for_partition(partition).get(key)
         return value
 
+    def read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """`read` of each key, those in the store in one (multi-get) call."""
+        memory = self._memory()
+        if memory is not None:
+            values = [memory.get(key) for key in keys]
+        else:
+            values = self.data._db_for_partition(partition).get(keys)
+        staged = self._staged.get(partition)
+        if staged:
+            values = [staged.get(key, value) for key, value in zip(keys, values, strict=True)]
+        return values
+
     # -- restoring -----------------------------------------------------------------------
     async def on_rebalance(
         self,
@@ -374,6 +386,14 @@ class PartitionStore(MutableMapping[str, bytes]):
         if value is None:
             value = self._table.read(self.partition, key.encode())
         return default if value is None else value
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """`get` of each key (None where absent), the store read in one call."""
+        values = self._table.read_many(self.partition, [key.encode() for key in keys])
+        if self._pending:
+            held = self._pending
+            values = [held.get(key, value) for key, value in zip(keys, values, strict=True)]
+        return values
 
     def __getitem__(self, key: str) -> bytes:
         value = self.get(key)

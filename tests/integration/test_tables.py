@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from stream.broker import EmbeddedBroker, TopicSpec, create_topics
-from stream.tables import BulkTable, LazyProducer
+from stream.tables import BulkTable, LazyProducer, PartitionStore
 
 
 async def _end_offset(bootstrap: str, topic: str) -> int:
@@ -124,6 +124,45 @@ async def test_a_bulk_written_table_reads_back_and_its_changelog_holds_exactly_t
         await consumer.stop()
     assert restored == written
     assert set(end_offsets.values()) == {50}  # exact, so faust's recovery reads it all
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+async def test_reading_many_keys_at_once_reads_what_reading_each_does(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path, store: str
+) -> None:
+    table = _bulk_table(_app(broker, topic_prefix, store, tmp_path))
+    await create_topics(broker.bootstrap, [TopicSpec(table.changelog_topic_name, 2)])
+    producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    table.attach(producer)
+    try:
+        for partition, prefix in ((0, b"c"), (1, b"d")):  # a key lives in one partition
+            for i in range(5):
+                table.stage(partition, b"%s%d" % (prefix, i), b"p%d-written-%d" % (partition, i))
+        await table.flush()
+        table.stage(0, b"c1", b"staged")  # in the store only at the next flush
+        table.stage(0, b"c7", b"staged-new")
+        store_view = PartitionStore(table, hidden=lambda key: False)
+        store_view.select(0)
+        store_view["c2"] = b"held"  # held until commit
+        store_view["c8"] = b"held-new"
+        keys = ["c0", "c1", "c2", "c7", "c8", "c9", "c4"]
+        raw_keys = [key.encode() for key in keys]
+        expected = [store_view.get(key) for key in keys]
+        assert expected == [
+            b"p0-written-0",
+            b"staged",
+            b"held",
+            b"staged-new",
+            b"held-new",
+            None,
+            b"p0-written-4",
+        ]
+        assert store_view.get_many(keys) == expected
+        assert table.read_many(0, raw_keys) == [table.read(0, key) for key in raw_keys]
+        assert table.read_many(1, [b"d0", b"d1", b"c9"]) == [b"p1-written-0", b"p1-written-1", None]
+        assert table.read_many(1, []) == []
+    finally:
+        await producer.stop()
 
 
 async def test_restore_applies_the_changelog_in_order_up_to_its_end_and_then_nothing(
