@@ -1,0 +1,140 @@
+"""How the embedded broker's CPU behaves under a steady live load, without any worker.
+
+A producer sends `--rate` events/s in record batches every `--tick` seconds, spread over
+`--partitions` partitions, and (unless `--no-consumer`) one consumer reads the topic as it
+grows, as the ingest stage does live. Every `--report-seconds` the script prints the
+broker's CPU share (from /proc/<pid>/stat) and the consumer's lag. README (Benchmark →
+Measured here) quotes what it showed: at a constant offered rate the broker's CPU climbs
+with the number of record batches stored, and only while someone fetches.
+
+    .venv/bin/python scripts/broker_fetch_probe.py --rate 20000 --tick 0.005 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from stream.broker import EmbeddedBroker, TopicSpec, create_topics
+
+TOPIC = "probe"
+VALUE = b'{"event_id":"probe","padding":"' + b"x" * 160 + b'"}'  # the size of an event
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Probe:
+    rate: int
+    tick: float
+    seconds: float
+    partitions: int
+    consumer: bool
+    report_seconds: float
+    topic: str = TOPIC
+
+
+@dataclass
+class Progress:
+    sent: int = 0
+    consumed: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+
+
+async def consume(probe: Probe, bootstrap: str, progress: Progress) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(probe.topic, p) for p in range(probe.partitions)])
+        await consumer.seek_to_beginning()
+        while True:
+            fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            progress.consumed += sum(len(records) for records in fetched.values())
+    finally:
+        await consumer.stop()
+
+
+async def produce_tick(producer: AIOKafkaProducer, probe: Probe, per_partition: int) -> None:
+    for partition in range(probe.partitions):
+        batch = producer.create_batch()
+        for _ in range(per_partition):
+            batch.append(key=None, value=VALUE, timestamp=None)
+        batch.close()
+        await producer.send_batch(batch, probe.topic, partition=partition)
+
+
+async def run(probe: Probe, broker: EmbeddedBroker) -> list[str]:
+    await create_topics(broker.bootstrap, [TopicSpec(probe.topic, probe.partitions)])
+    progress = Progress()
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    await producer.start()
+    reader = asyncio.create_task(
+        consume(probe, broker.bootstrap, progress) if probe.consumer else asyncio.Event().wait()
+    )
+    rows: list[str] = []
+    try:
+        began = last = time.monotonic()
+        cpu_before = cpu_seconds(broker.pid)
+        while (now := time.monotonic()) - began < probe.seconds:
+            due = int((now - began) * probe.rate) - progress.sent
+            per_partition = due // probe.partitions
+            if per_partition:
+                await produce_tick(producer, probe, per_partition)
+                progress.sent += per_partition * probe.partitions
+            await asyncio.sleep(probe.tick)
+            if (now := time.monotonic()) - last >= probe.report_seconds:
+                cpu = cpu_seconds(broker.pid)
+                rows.append(report_row(now - began, progress, (cpu - cpu_before) / (now - last)))
+                print(rows[-1], flush=True)
+                cpu_before, last = cpu, now
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await producer.stop()
+    return rows
+
+
+def report_row(elapsed: float, progress: Progress, broker_share: float) -> str:
+    return (
+        f"t={elapsed:6.1f}s  sent={progress.sent:>9,}  consumed={progress.consumed:>9,}  "
+        f"lag={progress.sent - progress.consumed:>8,}  broker CPU={broker_share:6.1%}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> Probe:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=int, default=20_000, help="events/s offered")
+    parser.add_argument("--tick", type=float, default=0.005, help="seconds between batches")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--no-consumer", action="store_true", help="produce only")
+    parser.add_argument("--report-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    return Probe(
+        args.rate,
+        args.tick,
+        args.seconds,
+        args.partitions,
+        not args.no_consumer,
+        args.report_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    probe = parse_args(argv)
+    with EmbeddedBroker(silent=True) as broker:
+        return asyncio.run(run(probe, broker))
+
+
+if __name__ == "__main__":
+    main()
