@@ -582,6 +582,7 @@ async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) ->
             )
             worker.health.refetched.labels("customers").inc()
     await _apply_customer_batch(worker, partition, offset, message.value, delta_topic)
+    worker.metrics.observe_latency("customers", message.timestamp)
 
 
 async def _apply_customer_batch(
@@ -713,7 +714,10 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
                 worker, partition, skipped.offset, skipped.key, skipped.value, outputs, rebalances
             )
             worker.health.refetched.labels("segments").inc()
-    await _apply_deltas(worker, partition, offset, message.key, message.value, outputs, rebalances)
+    produced_s = message.timestamp
+    await _apply_deltas(
+        worker, partition, offset, message.key, message.value, outputs, rebalances, produced_s
+    )
 
 
 def _resume_segments(worker: Worker, partition: int) -> int | None:
@@ -756,7 +760,9 @@ async def _apply_deltas(
     value: bytes,
     outputs: Outputs,
     rebalances: int,
+    produced_s: float | None = None,
 ) -> None:
+    """Apply one message (`produced_s`: its Kafka timestamp, None for one read back)."""
     _still_current(worker, rebalances)
     for store in worker.aggregate_stores:
         store.select(partition)
@@ -767,6 +773,8 @@ async def _apply_deltas(
             key.decode(), message.source, message.offset, message.watermarks, message.deltas
         )
     worker.confirmed["segments"][partition] = offset
+    if produced_s is not None:
+        worker.metrics.observe_latency("segments", produced_s)
     await _maybe_flush(worker, partition, outputs, rebalances)
     for table in (*worker.aggregate_tables, worker.spike_table):
         await table.backpressure(MAX_UNACKNOWLEDGED_WRITES)
@@ -779,6 +787,7 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs, rebalan
     if _flush_held(worker, partition):
         return
     worker.last_flush[partition] = now
+    started = time.perf_counter()
     records, alerts = _flush_owned(worker, partition)
     if records:
         # Write-ahead: the notes of what is emitted, durable before it is sent. A record
@@ -796,6 +805,8 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs, rebalan
         acks.append(await alert_topic.send(key=alert.key.encode(), value=alert.model_dump_json()))
     for ack in acks:
         await ack
+    if acks:
+        worker.metrics.flush_seconds.observe(time.perf_counter() - started)
     _still_current(worker, rebalances)
     # Only now that alerts are acknowledged may the spike state say they were sent.
     worker.spike_store.commit()

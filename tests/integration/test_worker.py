@@ -127,6 +127,14 @@ async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix,
     for event_type, count in types.items():
         assert sample_value(metrics, "churn_events_total", type=event_type) == count
     assert "customer_id" not in metrics and 'segment="c0' not in metrics
+    for stage in ("ingest", "customers", "segments"):
+        handled = sample_value(metrics, "churn_stage_latency_seconds_count", stage=stage)
+        seconds = sample_value(metrics, "churn_stage_latency_seconds_sum", stage=stage)
+        assert handled and handled > 0, stage
+        assert seconds is not None and 0 < seconds / handled < 120, (stage, seconds, handled)
+    flushes = sample_value(metrics, "churn_flush_seconds_count")
+    flush_seconds = sample_value(metrics, "churn_flush_seconds_sum")
+    assert flushes and flush_seconds is not None and 0 < flush_seconds / flushes < 60
 
     dead = [orjson.loads(m.value) for m in await read_all(broker.bootstrap, settings.dlq_topic)]
     assert sorted(d["reason"] for d in dead) == sorted(reason for _, reason in INVALID)
