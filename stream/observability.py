@@ -237,9 +237,12 @@ class Metrics:
             ),
         )
 
-    def observe_latency(self, stage: str, produced_s: float) -> None:
+    def observe_latency(self, stage: str, produced_s: float | None) -> None:
         """A message of `stage`, produced at `produced_s` (its Kafka timestamp), handled
-        now; a producer clock ahead of this host's counts as 0."""
+        now; a producer clock ahead of this host's counts as 0. A message without a
+        timestamp (None, or -1 from a pre-0.10 producer) is not observed."""
+        if produced_s is None or produced_s <= 0:
+            return
         self.stage_latency.labels(stage).observe(max(0.0, time.time() - produced_s))
 
     def mark_consumed(self, messages: int) -> None:
