@@ -61,7 +61,7 @@ from stream.broker import (
     free_port,
     standard_topics,
 )
-from stream.cli import add_settings_flags, settings_from
+from stream.cli import add_settings_flags, settings_from, worker_command
 from stream.formulas import COUNT_FIELDS
 from stream.kafka_config import aiokafka_options
 from stream.settings import Settings
@@ -821,7 +821,7 @@ class WorkerProcess:
             log.flush()
             self.started_wall = time.time()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "worker"],
+                worker_command(),
                 env=settings_env(self.settings),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -12,6 +12,14 @@ from stream.settings import Settings
 _SETTINGS_FLAGS = tuple(Settings.model_fields)
 
 
+def worker_command() -> list[str]:
+    """argv of a `churn-stream worker` child process running the same code as this one.
+
+    `-P`: without it, `-m` puts the working directory first on the child's path, so a
+    bench or demo started from another checkout would run that checkout's workers."""
+    return [sys.executable, "-P", "-m", "stream.cli", "worker"]
+
+
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (override CHURN_* environment variables)")
     for name, field in Settings.model_fields.items():

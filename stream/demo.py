@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream.broker import EmbeddedBroker, create_topics, standard_topics
-from stream.cli import add_settings_flags, settings_from
+from stream.cli import add_settings_flags, settings_from, worker_command
 from stream.settings import Settings
 from stream.simulator import SimulationConfig, generate_events
 from stream.simulator_cli import DeliveryTally, produce_events, spike_argument
@@ -44,7 +44,7 @@ def _worker_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
         "CHURN_LOG_LEVEL": "warning",
         "CHURN_SESSION_TIMEOUT_SECONDS": str(settings.session_timeout_seconds),
     }
-    return [sys.executable, "-m", "stream.cli", "worker"], env
+    return worker_command(), env
 
 
 class LiveView:

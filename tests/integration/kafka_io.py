@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 
 from stream.batch import compute_records
 from stream.broker import free_port
+from stream.cli import worker_command
 from stream.events import compact, parse_event
 from stream.settings import Settings
 from stream.simulator import SimulationConfig, generate_events
@@ -194,7 +194,7 @@ class WorkerProcess:
         log.write(f"\n===== start {self.starts} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"],
+            worker_command(),
             env=settings_env(self.settings),
             stdout=log,
             stderr=subprocess.STDOUT,
