@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -162,6 +163,8 @@ def _worker_exposition() -> bytes:
     health.refetched.labels(stage="segments").inc()
     health.redone.inc()
     health.beyond_retention.inc()
+    metrics.observe_latency("customers", time.time() - 0.2)
+    metrics.flush_seconds.observe(0.1)
     registry.register(TableSizes({"customers": _StoredTable({"c-1": {}})}, reserved_keys=[]))
     return generate_latest(registry)
 
@@ -182,7 +185,9 @@ def test_promtool_check_metrics_on_the_worker_exposition():
 
 def test_every_documented_metric_is_exposed():
     exposition = _worker_exposition().decode()
-    exposed = {line.split("{")[0].split(" ")[0] for line in exposition.splitlines()}
+    lines = exposition.splitlines()
+    exposed = {line.split("{")[0].split(" ")[0] for line in lines}
+    exposed |= {line.split()[2] for line in lines if line.startswith("# TYPE ")}  # histograms
     exposed |= {name.removesuffix("_total") for name in exposed}
     missing = {
         name for name in readme_metrics() if name not in exposed and f"{name}_total" not in exposed
