@@ -221,7 +221,8 @@ class Ingest:
         self._all_reported = await self._partitions_reported()
         acks = await self._forward(routed)
         await asyncio.gather(*acks)
-        self._metrics.observe_latency("ingest", min(r.timestamp for r in records) / 1000)
+        first = min(messages[0].timestamp for messages in batches.values())  # not per event
+        self._metrics.observe_latency("ingest", first / 1000)
         committed = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         await self._commit(committed)
         self._count(routed)

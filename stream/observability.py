@@ -224,7 +224,7 @@ class Metrics:
             stage_latency=Histogram(
                 "churn_stage_latency_seconds",
                 "Seconds from a message's Kafka timestamp to the end of its handling, by stage "
-                "(ingest: the oldest record of each batch, until the batch is forwarded).",
+                "(ingest: a batch's first record of each input partition, until it is forwarded).",
                 ["stage"],
                 buckets=LATENCY_BUCKETS,
                 registry=registry,
