@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from operator import sub
 
 from stream import windows
-from stream.formulas import ZERO, Counts
+from stream.formulas import WIDTH, Counts
 from stream.lifecycle import Segment, Timeline
 
 # (window kind name, window index, segment) -> difference of counts at that index
@@ -127,19 +126,36 @@ class DeltaSums:
     def totals(self) -> Deltas:
         """The non-zero sums."""
         totals: Deltas = {}
-        for key in self.plus.keys() | self.minus.keys():
-            total = tuple(map(sub, _sum(self.plus.get(key)), _sum(self.minus.get(key))))
-            if any(total):
+        minus = self.minus
+        for key, added in self.plus.items():
+            total = _column_sums(added, minus.get(key))
+            if total is not None:
                 totals[key] = total
+        plus = self.plus
+        for key, subtracted in minus.items():
+            if key not in plus:
+                total = _column_sums(None, subtracted)
+                if total is not None:
+                    totals[key] = total
         return totals
 
 
-def _sum(values: list[Counts] | None) -> Counts:
-    if values is None:
-        return ZERO
-    if len(values) == 1:
-        return values[0]
-    return tuple(map(sum, zip(*values, strict=True)))
+def _column_sums(added: list[Counts] | None, subtracted: list[Counts] | None) -> Counts | None:
+    """sum(added) - sum(subtracted), field by field; None if every field is 0.
+
+    One field at a time into a local: compiled, that adds machine-sized ints in place,
+    where zip/map/sum or a list of running sums box every intermediate value."""
+    added = added or []
+    subtracted = subtracted or []
+    sums: list[int] = []
+    for i in range(WIDTH):
+        total = 0
+        for counts in added:
+            total += counts[i]
+        for counts in subtracted:
+            total -= counts[i]
+        sums.append(total)
+    return tuple(sums) if any(sums) else None
 
 
 def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]:

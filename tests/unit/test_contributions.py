@@ -3,12 +3,14 @@ every window, whatever the old and new histories (hypothesis)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream import windows
 from stream.contributions import Deltas, DeltaSums, changed_deltas, window_contribution
 from stream.events import EventType, LifecycleEvent
+from stream.formulas import WIDTH
 from stream.lifecycle import Timeline, build_timeline, ordered_unique
 
 DAY = windows.DAY_MS
@@ -83,4 +85,34 @@ def test_incremental_change_equals_brute_force(earlier, later, inactivity_days, 
     expected = subtract(brute_force(new, low, high), brute_force(old, low, high))
     sums = DeltaSums()
     changed_deltas(old, new, sums)
+    assert sums.totals() == expected
+
+
+def counts(*values: int) -> tuple[int, ...]:
+    """A WIDTH-wide count tuple starting with `values`, the rest 0."""
+    return values + (0,) * (WIDTH - len(values))
+
+
+BIG = 2**62  # beyond a machine-sized int once doubled: the compiled sums must not overflow
+KEY = ("month", 672, ("pro",))
+
+
+@pytest.mark.parametrize(
+    ("added", "subtracted", "expected"),
+    [
+        ([counts(1, 2)], [], {KEY: counts(1, 2)}),
+        ([], [counts(1, 2)], {KEY: counts(-1, -2)}),
+        ([counts(1, 2), counts(3, 4)], [counts(1, 1)], {KEY: counts(3, 5)}),
+        ([counts(1, 2)], [counts(1, 2)], {}),  # cancelled: not sent
+        ([counts(5), counts(-5)], [], {}),
+        ([counts(BIG, -BIG), counts(BIG, -BIG)], [], {KEY: counts(2 * BIG, -2 * BIG)}),
+        ([counts(*range(1, WIDTH + 1))], [counts(*range(WIDTH))], {KEY: counts(*[1] * WIDTH)}),
+    ],
+)
+def test_delta_sums_add_up_field_by_field(added, subtracted, expected):
+    sums = DeltaSums()
+    for value in added:
+        sums.add(KEY, value)
+    for value in subtracted:
+        sums.add(KEY, value, sign=-1)
     assert sums.totals() == expected
