@@ -165,8 +165,7 @@ def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]
         if kind is windows.DAY:
             found = timeline.days
         else:
-            index = windows.calendar_index
-            found = [index(kind, day) for day in timeline.days]
+            found = [windows.calendar_index(kind, day) for day in timeline.days]
         timeline.calendar[kind] = found
     return found
 
