@@ -137,6 +137,75 @@ def sum_metrics(scrapes: Iterable[Mapping[str, float]]) -> dict[str, float]:
     return total
 
 
+Buckets = dict[float, float]  # upper bound (le) -> cumulative count
+
+
+def parse_histograms(text: str, name: str, label: str | None = None) -> dict[str, Buckets]:
+    """The cumulative buckets of histogram `name` in Prometheus text, per value of `label`
+    ("" for all when `label` is None; label sets that differ otherwise are added up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, Buckets] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != f"{name}_bucket":
+                continue
+            group = "" if label is None else sample.labels.get(label, "")
+            buckets = found.setdefault(group, {})
+            bound = float(sample.labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + float(sample.value)
+    return found
+
+
+def add_histograms(
+    histograms: Iterable[Mapping[str, Buckets]],
+    sign: float = 1.0,
+    into: dict[str, Buckets] | None = None,
+) -> dict[str, Buckets]:
+    """Bucket by bucket: `into` plus (or, with sign -1, minus) every one of `histograms`."""
+    total: dict[str, Buckets] = {} if into is None else into
+    for histogram in histograms:
+        for group, buckets in histogram.items():
+            summed = total.setdefault(group, {})
+            for bound, count in buckets.items():
+                summed[bound] = summed.get(bound, 0.0) + sign * count
+    return total
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """The q-quantile (0-1) of cumulative buckets, interpolated linearly within the bucket
+    that holds it, as Prometheus's `histogram_quantile` does: from 0 for the first bucket;
+    the highest finite bound when it falls in +Inf; None without observations."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be between 0 and 1, got {q}")
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
+
+
+def stage_summary(buckets: Mapping[float, float]) -> dict[str, float | None]:
+    """Observations, p50 and p99 (seconds) of one histogram's buckets."""
+    count = buckets.get(math.inf, 0.0)
+    return {
+        "count": count,
+        "p50_seconds": _round(histogram_quantile(0.5, buckets)),
+        "p99_seconds": _round(histogram_quantile(0.99, buckets)),
+    }
+
+
 def status_kb(status_text: str, name: str) -> int | None:
     """A `kB` field (VmHWM, VmRSS) of /proc/<pid>/status."""
     for line in status_text.splitlines():
@@ -366,6 +435,8 @@ class Latency:
     unreflected: int
     rss_start_mb: float | None
     rss_end_mb: float | None
+    # The workers' own histograms over the load (README, Prometheus metrics): stage -> summary
+    stages: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         achieved = self.produced / self.seconds if self.seconds > 0 else 0.0
@@ -381,6 +452,7 @@ class Latency:
             "max_seconds": _round(max(self.latencies, default=None)),
             "rss_start_mb": _round(self.rss_start_mb, 1),
             "rss_end_mb": _round(self.rss_end_mb, 1),
+            "stages": self.stages,
             "samples_seconds": [round(value, 3) for value in self.latencies],
         }
 
@@ -512,6 +584,8 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                 + (f", {latency['unreflected']} unreflected)" if latency["unreflected"] else ")"),
             )
         )
+        if latency.get("stages"):
+            rows.append(("  by stage p50 / p99 (histograms)", _stages_text(latency["stages"])))
     else:
         rows.append(("latency", "skipped"))
     peak = memory and memory["peak_rss_mb"]
@@ -529,6 +603,13 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if data.get("error"):
         rows.append(("FAILED", data["error"].splitlines()[0][:160]))
     return rows
+
+
+def _stages_text(stages: Mapping[str, Mapping[str, Any]]) -> str:
+    return ", ".join(
+        f"{stage} {_seconds(summary['p50_seconds'])} / {_seconds(summary['p99_seconds'])}"
+        for stage, summary in stages.items()
+    )
 
 
 def format_table(data: Mapping[str, Any]) -> str:
@@ -851,9 +932,12 @@ class WorkerProcess:
             )
 
     def scrape(self) -> dict[str, float]:
+        return parse_metrics(self.scrape_text())
+
+    def scrape_text(self) -> str:
         url = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
-            return parse_metrics(response.read().decode())
+            return str(response.read().decode())
 
     async def scrape_async(self) -> dict[str, float] | None:
         """The worker's /metrics, or None while it does not answer yet."""
@@ -1170,9 +1254,38 @@ async def offer_load(bench: Bench, templates: Sequence[Payload]) -> tuple[int, f
     return sent, seconds
 
 
+_STAGE_ORDER: Final = {
+    stage: i for i, stage in enumerate(("ingest", "customers", "segments", "flush"))
+}
+
+
+async def latency_histograms(workers: Sequence[WorkerProcess]) -> dict[str, Buckets]:
+    """The workers' stage latency and flush histograms, added up (flush: "flush")."""
+    total: dict[str, Buckets] = {}
+    for worker in workers:
+        worker.check_alive()
+        text = await asyncio.to_thread(worker.scrape_text)
+        add_histograms([parse_histograms(text, "churn_stage_latency_seconds", "stage")], into=total)
+        flushes = parse_histograms(text, "churn_flush_seconds")
+        add_histograms([{"flush": flushes.get("", {})}], into=total)
+    return total
+
+
+def stage_summaries(
+    before: Mapping[str, Buckets], after: Mapping[str, Buckets]
+) -> dict[str, dict[str, float | None]]:
+    """Per stage, what was observed between two sums of the workers' histograms."""
+    observed = add_histograms([before], sign=-1.0, into=add_histograms([after]))
+    ordered = sorted(
+        observed, key=lambda stage: (_STAGE_ORDER.get(stage, len(_STAGE_ORDER)), stage)
+    )
+    return {stage: stage_summary(observed[stage]) for stage in ordered}
+
+
 async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency:
     plan = bench.plan
     await wait_caught_up(bench, plan.timeout)
+    histograms_before = await latency_histograms(bench.workers)
     first = len(bench.tracker.sent)
     rss_start = _max_rss(bench.workers)
     say(f"latency: offering {plan.rate:,.0f} events/s for {plan.latency_seconds:.0f}s")
@@ -1184,6 +1297,7 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
         await asyncio.sleep(POLL_S)
     if bench.tracker.pending:
         say(f"latency: {bench.tracker.pending} markers still unreflected (worker saturated)")
+    stages = stage_summaries(histograms_before, await latency_histograms(bench.workers))
     return Latency(
         offered_rate=plan.rate,
         produced=produced,
@@ -1192,6 +1306,7 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
         unreflected=bench.tracker.pending,
         rss_start_mb=rss_start,
         rss_end_mb=rss_end,
+        stages=stages,
     )
 
 

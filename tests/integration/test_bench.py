@@ -67,6 +67,12 @@ def test_tiny_bench_writes_complete_results(tmp_path):
     latency = data["latency"]
     assert latency["markers"] > 0 and latency["achieved_rate"] > 0
     assert 0 <= latency["p50_seconds"] <= latency["p99_seconds"] <= latency["max_seconds"]
+    stages = latency["stages"]  # from the worker's histograms, over the load only
+    assert list(stages) == ["ingest", "customers", "segments", "flush"]
+    for summary in stages.values():
+        assert summary["count"] > 0
+        assert 0 <= summary["p50_seconds"] <= summary["p99_seconds"]
+    assert "by stage p50 / p99" in done.stdout
     assert data["memory"]["peak_rss_mb"] > 0
 
     recovery = data["recovery"]

@@ -380,3 +380,86 @@ def test_recovery_after_sigkill_is_a_flag_and_the_log_tells_what_became_of_the_t
     with worker.log_path.open("ab") as log:
         log.write(b"WARNING previous run did not stop cleanly: discarding the local tables\n")
     assert bench._local_tables([worker]) == "discarded"
+
+
+HISTOGRAM_TEXT = """\
+# HELP churn_stage_latency_seconds Seconds from a message's Kafka timestamp.
+# TYPE churn_stage_latency_seconds histogram
+churn_stage_latency_seconds_bucket{le="0.5",stage="ingest"} 2.0
+churn_stage_latency_seconds_bucket{le="1.0",stage="ingest"} 6.0
+churn_stage_latency_seconds_bucket{le="+Inf",stage="ingest"} 6.0
+churn_stage_latency_seconds_count{stage="ingest"} 6.0
+churn_stage_latency_seconds_sum{stage="ingest"} 3.5
+churn_stage_latency_seconds_bucket{le="0.5",stage="customers"} 0.0
+churn_stage_latency_seconds_bucket{le="1.0",stage="customers"} 0.0
+churn_stage_latency_seconds_bucket{le="+Inf",stage="customers"} 3.0
+churn_stage_latency_seconds_count{stage="customers"} 3.0
+churn_stage_latency_seconds_sum{stage="customers"} 9.0
+# HELP churn_flush_seconds Duration of each segment flush.
+# TYPE churn_flush_seconds histogram
+churn_flush_seconds_bucket{le="0.5"} 4.0
+churn_flush_seconds_bucket{le="1.0"} 4.0
+churn_flush_seconds_bucket{le="+Inf"} 4.0
+churn_flush_seconds_count 4.0
+churn_flush_seconds_sum 1.0
+"""
+INF = float("inf")
+
+
+def test_parse_histograms_keeps_each_stage_and_bound():
+    stages = bench.parse_histograms(HISTOGRAM_TEXT, "churn_stage_latency_seconds", "stage")
+    assert stages == {
+        "ingest": {0.5: 2.0, 1.0: 6.0, INF: 6.0},
+        "customers": {0.5: 0.0, 1.0: 0.0, INF: 3.0},
+    }
+    assert bench.parse_histograms(HISTOGRAM_TEXT, "churn_flush_seconds") == {
+        "": {0.5: 4.0, 1.0: 4.0, INF: 4.0}
+    }
+    assert bench.parse_histograms(METRICS_TEXT, "churn_flush_seconds") == {}
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, {1.0: 10.0, INF: 10.0}, 0.5),  # the first bucket starts at 0
+        (0.5, {0.5: 2.0, 1.0: 6.0, INF: 6.0}, 0.625),  # rank 3: a quarter into (0.5, 1]
+        (1.0, {0.5: 2.0, 1.0: 6.0, INF: 6.0}, 1.0),
+        (0.0, {0.5: 2.0, 1.0: 6.0, INF: 6.0}, 0.0),
+        (0.99, {0.5: 0.0, 1.0: 0.0, INF: 3.0}, 1.0),  # in +Inf: the highest finite bound
+        (0.5, {0.5: 0.0, INF: 0.0}, None),  # nothing observed
+        (0.5, {}, None),
+    ],
+)
+def test_histogram_quantile_interpolates_like_prometheus(q, buckets, expected):
+    assert bench.histogram_quantile(q, buckets) == expected
+
+
+def test_histogram_quantile_rejects_a_percentage():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        bench.histogram_quantile(99, {1.0: 1.0, INF: 1.0})
+
+
+def test_stage_summaries_count_what_was_observed_between_two_scrapes():
+    before = {"ingest": {0.5: 2.0, 1.0: 2.0, INF: 2.0}, "flush": {0.5: 1.0, INF: 1.0}}
+    after = {
+        "flush": {0.5: 5.0, INF: 5.0},
+        "segments": {0.5: 0.0, INF: 0.0},
+        "ingest": {0.5: 2.0, 1.0: 6.0, INF: 6.0},
+    }
+    summaries = bench.stage_summaries(before, after)
+    assert list(summaries) == ["ingest", "segments", "flush"]  # pipeline order
+    assert summaries["ingest"]["count"] == 4.0  # 2 below 0.5 s before, none since
+    assert summaries["ingest"]["p50_seconds"] == 0.75  # all 4 in (0.5, 1]: rank 2 of 4
+    assert summaries["segments"] == {"count": 0.0, "p50_seconds": None, "p99_seconds": None}
+    assert summaries["flush"]["count"] == 4.0
+
+
+def test_the_table_shows_the_stages_when_measured():
+    result = _result()
+    result.latency.stages = bench.stage_summaries(
+        {}, {"ingest": {1.0: 0.0, 2.0: 100.0, INF: 100.0}, "flush": {1.0: 4.0, INF: 4.0}}
+    )
+    table = bench.format_table(bench.result_json(result))
+    assert "by stage p50 / p99" in table
+    assert "ingest 1.50 s / 1.99 s, flush 0.50 s / 0.99 s" in table
+    assert "by stage" not in bench.format_table(bench.result_json(_result()))
