@@ -3,32 +3,20 @@ of the differences that does not depend on how the events were batched."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "customer_stage_probe.py"
+from tests.scripts import load_script
+
 REPORT = re.compile(
     r"^([\d,]+) events in ([\d,]+) customer batches: [\d.]+ s of CPU, [\d.]+ µs an event "
     r"\((compiled|pure Python)\); digest ([0-9a-f]{16})$"
 )
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("customer_stage_probe", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _report(capsys: pytest.CaptureFixture[str], *args: str) -> re.Match[str]:
-    _script().main(["--events", "3000", *args])
+    load_script("customer_stage_probe").main(["--events", "3000", *args])
     match = REPORT.match(capsys.readouterr().out.strip())
     assert match, "unexpected report"
     return match
