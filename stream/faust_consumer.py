@@ -5,17 +5,18 @@ hard-coded. On the embedded broker a fetch that waits that long only sees a reco
 produced meanwhile ~0.4 s late (measured: 0.38 s, against 8 ms with aiokafka's default
 500 ms), and the worker has three faust-consumed hops (customer batches, segment deltas,
 changelog recovery), so every event reached the output seconds late. `prompt_fetches(app)`
-gives the app's consumer a short wait instead. Nothing else of faust's consumer changes.
+gives the app's consumer a short wait instead (`kafka_config.FETCH_MAX_WAIT_MS`, which the
+ingest stage's consumer uses too). Nothing else of faust's consumer changes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-FETCH_MAX_WAIT_MS: Final = 100
+from stream.kafka_config import FETCH_MAX_WAIT_MS
 
 
 class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]

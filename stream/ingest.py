@@ -30,7 +30,7 @@ from aiokafka.errors import (
 
 from stream import windows
 from stream.events import LifecycleEvent
-from stream.kafka_config import aiokafka_options
+from stream.kafka_config import FETCH_MAX_WAIT_MS, aiokafka_options
 from stream.observability import HealthMetrics, Metrics
 from stream.routing import (
     InputRecord,
@@ -53,6 +53,8 @@ MAX_DEAD_LETTER_ORIGINAL_BYTES: Final = 64 * 1024
 MAX_DEAD_LETTER_KEY_BYTES: Final = 1024
 # No fetch response from the broker for this long: `churn_ingest_up` drops to 0.
 STALL_SECONDS: Final = 10.0
+# How long one read waits for a batch's first records before the loop goes round.
+IDLE_POLL_MS: Final = 200
 _WATCHDOG_INTERVAL_S: Final = 1.0
 
 
@@ -121,6 +123,9 @@ class Ingest:
         self._producer: AIOKafkaProducer | None = None
         self._next_offsets: dict[TopicPartition, int] = {}
         self._assigned: set[int] = set()
+        # When the last batch was taken, if none of the polls since came back empty: the
+        # records read next may have been waiting since then (see _read_batch).
+        self._taken_at: float | None = None
 
     @property
     def watermark_ms(self) -> int | None:
@@ -154,6 +159,7 @@ class Ingest:
             session_timeout_ms=settings.session_timeout_seconds * 1000,
             heartbeat_interval_ms=max(1000, settings.session_timeout_seconds * 1000 // 10),
             max_poll_records=settings.batch_max_records,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **options,
         )
         self._producer = AIOKafkaProducer(linger_ms=5, max_batch_size=1 << 20, **options)
@@ -180,20 +186,27 @@ class Ingest:
             await self.stop()
 
     async def _read_batch(self) -> dict[TopicPartition, list[Any]]:
-        """Up to `batch_max_records` records: once some arrive, keep reading for up to
-        `batch_linger_ms` to fill the batch (a live stream otherwise makes many tiny ones)."""
+        """Up to `batch_max_records` records: once some arrive, keep reading to fill the
+        batch until `batch_linger_ms` after they started waiting (a live stream otherwise
+        makes many tiny ones). Records that queued while the previous batch was processed
+        have waited since it was taken, so that time counts against the linger."""
         assert self._consumer is not None
         limit = self._settings.batch_max_records
-        batches = await self._consumer.getmany(timeout_ms=200, max_records=limit)
+        batches = await self._consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=limit)
+        if not batches:
+            self._taken_at = None  # idle: what arrives next has waited no longer than this poll
+            return batches
         count = sum(len(messages) for messages in batches.values())
-        deadline = time.monotonic() + self._settings.batch_linger_ms / 1000
-        while batches and count < limit and (remaining := deadline - time.monotonic()) > 0:
+        waiting_since = time.monotonic() if self._taken_at is None else self._taken_at
+        deadline = waiting_since + self._settings.batch_linger_ms / 1000
+        while count < limit and (remaining := deadline - time.monotonic()) > 0:
             more = await self._consumer.getmany(
                 timeout_ms=max(1, int(remaining * 1000)), max_records=limit - count
             )
             for tp, messages in more.items():
                 batches.setdefault(tp, []).extend(messages)
                 count += len(messages)
+        self._taken_at = time.monotonic()
         return batches
 
     async def stop(self) -> None:

@@ -8,9 +8,16 @@ this module logs them, and `describe` gives a loggable summary without them.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, Final
 
 from stream.settings import Settings
+
+# How long the worker's consumers let the broker hold a fetch that finds nothing new.
+# The embedded broker answers a held fetch late even when records arrive meanwhile: on a
+# steady 10,000 records/s, records reached a consumer 139 ms after they were produced at
+# the median (p99 266 ms) with aiokafka's default of 500 ms, 33 ms (p99 59 ms) with 100 ms.
+# An idle consumer then asks ten times a second, which costs nothing worth measuring.
+FETCH_MAX_WAIT_MS: Final = 100
 
 
 def security_protocol(settings: Settings) -> str:

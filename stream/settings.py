@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000,
         description="How long the ingest stage keeps reading to fill a batch once input "
-        "arrives (every batch costs a few broker round trips downstream).",
+        "arrives, counted from when the previous batch was taken (every batch costs a few "
+        "broker round trips downstream).",
     )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."

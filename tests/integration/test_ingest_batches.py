@@ -10,7 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from stream.broker import create_topics, standard_topics
-from stream.ingest import Ingest
+from stream.ingest import IDLE_POLL_MS, Ingest
+from stream.kafka_config import FETCH_MAX_WAIT_MS
 from stream.observability import Metrics
 from tests.integration.kafka_io import produce, reliability_settings, simulated
 
@@ -63,3 +64,43 @@ async def test_a_batch_lingers_for_input_that_follows_but_never_exceeds_its_limi
     assert _count(batch) == 25, "topped up by what followed, up to the limit"
     values = [m.value for messages in (*batch.values(), *rest.values()) for m in messages]
     assert sorted(values) == sorted(raw)  # nothing lost or repeated across the two batches
+
+
+async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_again(
+    broker, topic_prefix, tmp_path
+):
+    """The linger counts from when the previous batch was taken: records that arrived
+    while it was processed have waited that long already."""
+    settings = reliability_settings(
+        topic_prefix, broker.url, tmp_path, batch_max_records=1000, batch_linger_ms=2000
+    )
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    raw = simulated(customers=20, days=30, seed=4)[:20]
+    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
+    await ingest._start_clients()
+    consumer: Any = ingest._consumer
+    assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    polls: list[int] = []
+    read = consumer.getmany
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        polls.append(kwargs["timeout_ms"])
+        return await read(*args, **kwargs)
+
+    consumer.getmany = counting
+    try:
+        await produce(broker.bootstrap, settings.input_topic, raw[:10])
+        first: dict[Any, list[Any]] = {}
+        while not first:  # the group join comes first
+            first = await asyncio.wait_for(ingest._read_batch(), 60)
+        assert any(timeout > IDLE_POLL_MS for timeout in polls), "the first batch lingered"
+        # "processing" the first batch for longer than the linger; more input queues
+        await produce(broker.bootstrap, settings.input_topic, raw[10:])
+        await asyncio.sleep(2.5)
+        polls.clear()
+        second = await asyncio.wait_for(ingest._read_batch(), 60)
+    finally:
+        await ingest.stop()
+    assert _count(first) == 10
+    assert _count(second) == 10
+    assert polls == [IDLE_POLL_MS], "one poll: the queued records had waited out the linger"
