@@ -41,7 +41,7 @@ import base64
 import logging
 import time
 import zlib
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -283,6 +283,9 @@ class Worker:
     delta_acks: dict[int, list[Any]] = field(default_factory=dict)
     # revocations and assignments so far: a handler that began before one must not write
     rebalances: int = 0
+    # segment partition -> the tick scheduled for when its next flush is due
+    due_ticks: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
+    send_tick: Callable[[int], Awaitable[Any]] | None = None  # set by _wire
 
     def tables_acknowledged(self) -> bool:
         """Whether every table write this process made is in the changelog (then the local
@@ -463,10 +466,15 @@ def _wire(worker: Worker) -> None:
             await app.crash(error)
             raise
 
+    async def send_tick(partition: int) -> None:
+        await delta_topic.send(value=TICK, partition=partition)
+
+    worker.send_tick = send_tick
+
     @app.timer(settings.emit_interval_seconds)
     async def tick() -> None:
         for partition in _assigned(app, settings.delta_topic):
-            await delta_topic.send(value=TICK, partition=partition)
+            await send_tick(partition)
 
     @app.on_rebalance_complete.connect
     async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -483,6 +491,7 @@ def _wire(worker: Worker) -> None:
 
     @app.on_before_shutdown.connect
     async def closed(sender: Any, *args: Any, **kwargs: Any) -> None:
+        _cancel_due_ticks(worker)
         await worker.refetcher.stop()
         await worker.state_producer.stop()
 
@@ -775,14 +784,21 @@ async def _apply_deltas(
     worker.confirmed["segments"][partition] = offset
     if produced_s is not None:
         worker.metrics.observe_latency("segments", produced_s)
-    await _maybe_flush(worker, partition, outputs, rebalances)
+    await _maybe_flush(worker, partition, outputs, rebalances, changed=value != TICK)
     for table in (*worker.aggregate_tables, worker.spike_table):
         await table.backpressure(MAX_UNACKNOWLEDGED_WRITES)
 
 
-async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs, rebalances: int) -> None:
+async def _maybe_flush(
+    worker: Worker, partition: int, outputs: Outputs, rebalances: int, changed: bool
+) -> None:
+    """Flush if the partition's last flush is an emit interval old; otherwise, after a
+    change, make sure a message arrives when it is."""
     now = time.monotonic()
-    if now - worker.last_flush.get(partition, 0.0) < worker.settings.emit_interval_seconds:
+    due = worker.last_flush.get(partition, 0.0) + worker.settings.emit_interval_seconds
+    if now < due:
+        if changed:
+            _tick_when_due(worker, partition, due - now)
         return
     if _flush_held(worker, partition):
         return
@@ -811,6 +827,35 @@ async def _maybe_flush(worker: Worker, partition: int, outputs: Outputs, rebalan
     # Only now that alerts are acknowledged may the spike state say they were sent.
     worker.spike_store.commit()
     _commit_segments(worker, partition)
+
+
+def _tick_when_due(worker: Worker, partition: int, delay: float) -> None:
+    """Make sure a message reaches the partition when its flush is due: the next
+    difference may come up to an ingest linger later, and the periodic tick up to an emit
+    interval later; meanwhile what was applied waits to be emitted."""
+    if partition in worker.due_ticks or worker.send_tick is None:
+        return
+    loop = asyncio.get_running_loop()
+    worker.due_ticks[partition] = loop.call_later(delay, _send_due_tick, worker, partition)
+
+
+def _send_due_tick(worker: Worker, partition: int) -> None:
+    del worker.due_ticks[partition]
+    assert worker.send_tick is not None
+    sent = asyncio.ensure_future(worker.send_tick(partition))
+    sent.add_done_callback(_report_tick_failure)
+
+
+def _report_tick_failure(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        # harmless: the periodic tick or the next difference triggers the flush instead
+        log.warning("segments: a tick for a due flush was not sent: %r", sent.exception())
+
+
+def _cancel_due_ticks(worker: Worker) -> None:
+    for handle in worker.due_ticks.values():
+        handle.cancel()
+    worker.due_ticks.clear()
 
 
 def _flush_owned(worker: Worker, partition: int) -> tuple[Emitted, list[SpikeAlert]]:

@@ -68,7 +68,7 @@ async def test_a_held_partition_flushes_nothing_and_keeps_its_writes(tmp_path):
     entries_store["entry"] = 1
     worker.confirmed["segments"][0] = 9
     # not held, this flush would write the tables, which faust refuses outside a stream
-    await _maybe_flush(worker, 0, (None, None), worker.rebalances)
+    await _maybe_flush(worker, 0, (None, None), worker.rebalances, changed=True)
     assert entries_store.get("entry") == 1
     assert worker.aggregate_tables[0].get("entry") is None
     assert 0 not in worker.last_flush
@@ -143,7 +143,7 @@ async def test_a_flush_s_notes_are_acknowledged_before_its_records_are_sent(tmp_
     monkeypatch.setattr(worker.spike_store, "commit", lambda: steps.append("spike state"))
     monkeypatch.setattr(stream.app, "_commit_segments", lambda *_: steps.append("position"))
     worker.confirmed["segments"][owner] = 0
-    await _maybe_flush(worker, owner, (Topic(), Topic()), worker.rebalances)
+    await _maybe_flush(worker, owner, (Topic(), Topic()), worker.rebalances, changed=True)
     assert steps[:3] == ["notes written", "notes acknowledged", "record sent"]
     assert steps[-2:] == ["spike state", "position"]
 
