@@ -20,17 +20,29 @@ def _count(batches: dict[Any, list[Any]]) -> int:
     return sum(len(messages) for messages in batches.values())
 
 
+async def started_ingest(
+    broker: Any, topic_prefix: str, tmp_path: Any, max_records: int, linger_ms: int
+) -> tuple[Ingest, Any]:
+    """An ingest stage with its clients started (not its loop), and its real consumer."""
+    settings = reliability_settings(
+        topic_prefix,
+        broker.url,
+        tmp_path,
+        batch_max_records=max_records,
+        batch_linger_ms=linger_ms,
+    )
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
+    await ingest._start_clients()
+    return ingest, ingest._consumer
+
+
 async def test_a_batch_lingers_for_input_that_follows_but_never_exceeds_its_limit(
     broker, topic_prefix, tmp_path
 ):
-    settings = reliability_settings(
-        topic_prefix, broker.url, tmp_path, batch_max_records=25, batch_linger_ms=5000
-    )
-    await create_topics(broker.bootstrap, standard_topics(settings))
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 25, 5000)
+    settings = ingest._settings
     raw = simulated(customers=20, days=30, seed=3)[:40]
-    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
-    await ingest._start_clients()
-    consumer: Any = ingest._consumer
     first_read = asyncio.Event()
     read = consumer.getmany
 
@@ -71,14 +83,9 @@ async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_aga
 ):
     """The linger counts from when the previous batch was taken: records that arrived
     while it was processed have waited that long already."""
-    settings = reliability_settings(
-        topic_prefix, broker.url, tmp_path, batch_max_records=1000, batch_linger_ms=2000
-    )
-    await create_topics(broker.bootstrap, standard_topics(settings))
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 1000, 2000)
+    settings = ingest._settings
     raw = simulated(customers=20, days=30, seed=4)[:20]
-    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
-    await ingest._start_clients()
-    consumer: Any = ingest._consumer
     assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     polls: list[int] = []
     read = consumer.getmany
