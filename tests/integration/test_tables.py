@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
+import stream.tables
 from stream.broker import EmbeddedBroker, TopicSpec, create_topics
 from stream.tables import BulkTable, LazyProducer, PartitionStore
 
@@ -244,3 +246,47 @@ async def test_a_failed_or_pending_changelog_write_is_not_acknowledged(
     failed.set_exception(RuntimeError("broker refused the write"))
     assert not table.all_acknowledged()
     assert not table.all_acknowledged(), "a failed write is never forgotten"
+
+
+async def test_a_restore_whose_end_cannot_be_reached_stops_and_keeps_what_it_applied(
+    broker: EmbeddedBroker,
+    topic_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker whose reported end offset lies beyond what it serves (offsets a consumer
+    never receives) must not hold the worker's start for ever: after
+    RESTORE_STALL_SECONDS without progress the restore stops, keeps the records it
+    applied and their offset, and leaves the rest to faust's recovery."""
+    writer = _bulk_table(_app(broker, topic_prefix, "rocksdb://", tmp_path / "writer"))
+    topic = writer.changelog_topic_name
+    await create_topics(broker.bootstrap, [TopicSpec(topic, 2)])
+    producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    writer.attach(producer)
+    try:
+        for i in range(30):
+            writer.stage(0, b"customer-%d" % i, b"history-%d" % i)
+        await writer.flush()
+    finally:
+        await producer.stop()
+
+    monkeypatch.setattr(stream.tables, "RESTORE_STALL_SECONDS", 1.0)
+    reader = _bulk_table(_app(broker, topic_prefix, "rocksdb://", tmp_path / "reader"))
+    reader_producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    reader.attach(reader_producer)
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="stream.tables"):
+            applied = await asyncio.wait_for(
+                reader._apply_changelog(consumer, {tp: (0, 30 + 10)}), 60
+            )
+    finally:
+        await consumer.stop()
+        await reader_producer.stop()
+    assert applied == 30
+    assert "restore stalled" in caplog.text
+    assert reader.read(0, b"customer-29") == b"history-29"
+    assert reader.data.persisted_offset(TP(topic, 0)) == 29
