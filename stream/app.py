@@ -327,9 +327,18 @@ def _customer_stage(store: MutableMapping[str, Any], settings: Settings) -> Cust
     )
 
 
+def _bound_producer_buffer(app: faust.App) -> None:
+    """faust buffers table writes for its producer and, past 100 of them (hard-coded),
+    logs "producer buffer full" and drains the buffer before its streams go on. A flush
+    writes hundreds of entries by design, and the stages bound the unacknowledged writes
+    themselves (`DurableTable.backpressure`): faust's bound is set to the same."""
+    app.producer.buffer.max_messages = MAX_UNACKNOWLEDGED_WRITES
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     app = _faust_app(settings)
     prompt_fetches(app)
+    _bound_producer_buffer(app)
     metrics = Metrics.create(registry or CollectorRegistry())
     health = HealthMetrics.create(metrics.registry)
 
