@@ -330,8 +330,9 @@ def _customer_stage(store: MutableMapping[str, Any], settings: Settings) -> Cust
 def _bound_producer_buffer(app: faust.App) -> None:
     """faust buffers table writes for its producer and, past 100 of them (hard-coded),
     logs "producer buffer full" and drains the buffer before its streams go on. A flush
-    writes hundreds of entries by design, and the stages bound the unacknowledged writes
-    themselves (`DurableTable.backpressure`): faust's bound is set to the same."""
+    writes hundreds of entries by design, and the segment stage bounds its unacknowledged
+    writes itself (`DurableTable.backpressure`): faust's bound is set to the same. (The
+    customer stage waits for all of a batch's writes on each message.)"""
     app.producer.buffer.max_messages = MAX_UNACKNOWLEDGED_WRITES
 
 
@@ -683,6 +684,7 @@ def _forget_unflushed(worker: Worker) -> None:
     """At a rebalance: what was applied but not yet written is applied again from the
     tables' positions (the segment stage reads back what the consumer has passed)."""
     worker.rebalances += 1
+    _cancel_due_ticks(worker)  # what they would flush is discarded below
     for confirmed in worker.confirmed.values():
         confirmed.clear()
     worker.flush_held_until.clear()  # found again from the tables

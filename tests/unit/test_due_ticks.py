@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.app import Worker, _cancel_due_ticks, _maybe_flush, create_app
+from stream.app import Worker, _cancel_due_ticks, _forget_unflushed, _maybe_flush, create_app
 from stream.settings import Settings
 
 INTERVAL_S = 0.2
@@ -57,6 +57,21 @@ async def test_a_stopping_worker_cancels_its_due_ticks(tmp_path):
     await asyncio.sleep(INTERVAL_S * 2)
     assert sent == []
     assert worker.due_ticks == {}
+
+
+async def test_a_rebalance_cancels_due_ticks_so_a_reassigned_partition_schedules_afresh(
+    tmp_path,
+):
+    worker, sent = just_flushed(tmp_path, 0)
+    await not_due(worker, 0, changed=True)
+    stale = worker.due_ticks[0]
+    _forget_unflushed(worker)
+    assert worker.due_ticks == {}
+    worker.last_flush[0] = time.monotonic()
+    await not_due(worker, 0, changed=True)
+    assert worker.due_ticks[0] is not stale
+    await asyncio.sleep(INTERVAL_S * 2)
+    assert sent == [0], "only the tick scheduled after the rebalance is sent"
 
 
 async def test_a_tick_that_cannot_be_sent_is_reported_and_the_next_change_schedules_again(
