@@ -8,7 +8,6 @@ two internal topics (customer batches, segment deltas).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +18,7 @@ from stream import windows
 from stream.aggregation import DimensionDeltas
 from stream.customers import event_from_row, event_to_row, partition_for
 from stream.decoding import decode_event
-from stream.events import InvalidEventError, LifecycleEvent
+from stream.events import EventType, InvalidEventError, LifecycleEvent
 
 
 class RecordLike(Protocol):
@@ -63,7 +62,10 @@ class RoutedBatch:
 
     @property
     def counts_by_type(self) -> dict[str, int]:
-        counts = Counter(event.type for events in self.by_partition.values() for event in events)
+        counts: dict[EventType, int] = {}
+        for events in self.by_partition.values():
+            for event in events:
+                counts[event.type] = counts.get(event.type, 0) + 1
         return {str(kind): count for kind, count in counts.items()}
 
 
