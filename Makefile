@@ -40,9 +40,10 @@ unit: setup  ## Unit tests only (no network)
 integration: setup  ## Integration tests on the embedded broker
 	$(BIN)/pytest tests/integration $(ARGS)
 
-lint: setup  ## ruff check and ruff format --check
+lint: setup  ## ruff check, ruff format --check and mypy (the package)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy stream
 
 schemas: setup  ## Regenerate schemas/ from the pydantic models
 	$(BIN)/python -m stream.schemas

@@ -75,7 +75,7 @@ class SpikeAlerts:
         through = through if previous is None else max(through, previous)
         detector = self._detectors.get(dimension) or SpikeDetector(self._config)
         by_key = dict(emitted)
-        days = {
+        days: dict[str, Mapping[str, Any]] = {
             key: record
             for key, record in by_key.items()
             if record["window"] == "day" and _day_index(record) <= through

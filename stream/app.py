@@ -486,7 +486,7 @@ def _wire(worker: Worker) -> None:
         for partition in _assigned(app, settings.delta_topic):
             await send_tick(partition)
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's handler type
     async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:
         _forget_unflushed(worker)
         worker.aggregator.load()
@@ -495,11 +495,11 @@ def _wire(worker: Worker) -> None:
         worker.customers.rebuild_expiries(worker.customer_store.every_item())
         _report_assignment(worker)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's handler type
     async def revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         _forget_unflushed(worker)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's handler type
     async def closed(sender: Any, *args: Any, **kwargs: Any) -> None:
         _cancel_due_ticks(worker)
         await worker.refetcher.stop()
@@ -556,12 +556,25 @@ def _report_assignment(worker: Worker) -> None:
 # -- customers stage ----------------------------------------------------------------------
 
 
+DeltaMessage = tuple[str, int, bytes]  # (dimension, segment partition, encoded differences)
+
+
 def _pack(value: bytes) -> str:
     return base64.b64encode(zlib.compress(value, 1)).decode()
 
 
 def _unpack(value: str) -> bytes:
     return zlib.decompress(base64.b64decode(value))
+
+
+def _value(message: Any) -> bytes:
+    """An internal message's value: only this application writes those topics, never null."""
+    value: bytes | None = message.value
+    if value is None:
+        raise ValueError(
+            f"{message.topic}[{message.partition}] offset {message.offset} has no value"
+        )
+    return value
 
 
 def _wal_key(partition: int) -> bytes:
@@ -576,7 +589,7 @@ async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) ->
     record = None if stored is None else orjson.loads(stored)
     done = None if record is None else int(record["o"])
     confirmed = worker.confirmed["customers"]
-    if done is not None and confirmed.get(partition) != done:
+    if record is not None and done is not None and confirmed.get(partition) != done:
         # First message of this partition since (re)assignment: the last recorded batch
         # may be half done (differences sent, histories not all written). Finish it.
         raw = message.value if offset == done else await _read_one(worker, topic, partition, done)
@@ -600,7 +613,7 @@ async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) ->
                 worker, partition, skipped.offset, skipped.value, delta_topic
             )
             worker.health.refetched.labels("customers").inc()
-    await _apply_customer_batch(worker, partition, offset, message.value, delta_topic)
+    await _apply_customer_batch(worker, partition, offset, _value(message), delta_topic)
     worker.metrics.observe_latency("customers", message.timestamp)
 
 
@@ -612,12 +625,12 @@ async def _apply_customer_batch(
     merge_watermarks(known, input_watermarks)
     worker.customer_store.select(partition)
     outcome = worker.customers.apply_batch(events, min(known.values()) if known else None)
-    messages = []
+    messages: list[DeltaMessage] = []
     for dimension, deltas in by_dimension(outcome.deltas, worker.settings.dimensions).items():
         if not deltas and not input_watermarks:
             continue
         value = encode_deltas(partition, offset, known, deltas)
-        messages.append([dimension, partition_for(dimension, worker.settings.partitions), value])
+        messages.append((dimension, partition_for(dimension, worker.settings.partitions), value))
     # Write-ahead: what is about to be sent, durable before it is sent. The previous
     # batch's differences must be acknowledged first: this record replaces theirs.
     await _settle_deltas(worker, partition)
@@ -648,7 +661,7 @@ async def _redo_customer_batch(
     worker: Worker, partition: int, record: dict[str, Any], raw: bytes | None, delta_topic: Any
 ) -> None:
     offset = int(record["o"])
-    messages = [[dimension, target, _unpack(value)] for dimension, target, value in record["d"]]
+    messages = [(dimension, target, _unpack(value)) for dimension, target, value in record["d"]]
     worker.customer_store.select(partition)
     if raw is None:
         log.warning(
@@ -672,7 +685,7 @@ async def _redo_customer_batch(
     log.info("customers: completed batch %d of partition %d after a restart", offset, partition)
 
 
-async def _send_deltas(delta_topic: Any, messages: list[list[Any]]) -> list[Any]:
+async def _send_deltas(delta_topic: Any, messages: list[DeltaMessage]) -> list[Any]:
     """Send the differences; the acknowledgements to wait for."""
     return [
         await delta_topic.send(key=dimension.encode(), value=value, partition=target)
@@ -736,7 +749,7 @@ async def _on_deltas(worker: Worker, event: EventT, outputs: Outputs) -> None:
             worker.health.refetched.labels("segments").inc()
     produced_s = message.timestamp
     await _apply_deltas(
-        worker, partition, offset, message.key, message.value, outputs, rebalances, produced_s
+        worker, partition, offset, message.key, _value(message), outputs, rebalances, produced_s
     )
 
 
@@ -746,18 +759,19 @@ def _resume_segments(worker: Worker, partition: int) -> int | None:
     already include messages after the position: hold the partition's flushes until those
     messages are applied again, so that nothing is emitted from that mixed state."""
     entries = worker.aggregate_tables[0]
-    stored, flushing = entries.get(position_key(partition)), entries.get(flushing_key(partition))
+    stored, noted = entries.get(position_key(partition)), entries.get(flushing_key(partition))
     position = None if stored is None else int(stored)
-    cut_off = flushing is not None and (position is None or int(flushing) > position)
-    if cut_off and worker.flush_held_until.get(partition) != int(flushing):
+    flushing = None if noted is None else int(noted)
+    cut_off = flushing is not None and (position is None or flushing > position)
+    if cut_off and flushing is not None and worker.flush_held_until.get(partition) != flushing:
         # (called again for each message redelivered below the position: log once)
-        worker.flush_held_until[partition] = int(flushing)
+        worker.flush_held_until[partition] = flushing
         log.warning(
             "segments: the last flush of %s[%d] was cut off; emitting again once offsets "
             "through %d are applied",
             worker.settings.delta_topic,
             partition,
-            int(flushing),
+            flushing,
         )
     return position
 

@@ -33,4 +33,4 @@ class _PromptConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
 def prompt_fetches(app: faust.App) -> None:
     """Make `app`'s (not yet created) consumer fetch with a short wait."""
-    app.transport.Consumer = _PromptConsumer
+    app.transport.Consumer = _PromptConsumer  # type: ignore[misc]  # faust types it ClassVar

@@ -305,7 +305,7 @@ class TableSizes(Collector):
     """`churn_table_keys{table}`: keys per table, bookkeeping keys excluded. Memory store
     only: counting a RocksDB table would mean iterating it."""
 
-    def __init__(self, tables: dict[str, Any], reserved_keys: Iterable[str]) -> None:
+    def __init__(self, tables: dict[str, Any], reserved_keys: Iterable[str | bytes]) -> None:
         self._tables = tables
         self._reserved_keys = list(reserved_keys)
 

@@ -143,6 +143,11 @@ class BulkTable(DurableTable):
         self._producer = producer
 
     # -- reading -------------------------------------------------------------------------
+    @property
+    def _stored(self) -> Any:
+        """The store, whose RocksDB and memory internals faust's `StoreT` does not type."""
+        return self.data
+
     def _memory(self) -> dict[bytes, bytes] | None:
         data = getattr(self.data, "data", None)
         return data if isinstance(data, dict) else None
@@ -154,7 +159,7 @@ class BulkTable(DurableTable):
         memory = self._memory()
         if memory is not None:
             return memory.get(key)
-        value: bytes | None = self.data._db_for_partition(partition).get(key)
+        value: bytes | None = self._stored._db_for_partition(partition).get(key)
         return value
 
     def read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
@@ -163,7 +168,7 @@ class BulkTable(DurableTable):
         if memory is not None:
             values = [memory.get(key) for key in keys]
         else:
-            values = self.data._db_for_partition(partition).get(keys)
+            values = self._stored._db_for_partition(partition).get(keys)
         staged = self._staged.get(partition)
         if staged:
             values = [staged.get(key, value) for key, value in zip(keys, values, strict=True)]
@@ -267,7 +272,7 @@ class BulkTable(DurableTable):
                 batch.put(message.key, message.value)
             count += 1
         if count:
-            self.data._db_for_partition(tp.partition).write(batch)
+            self._stored._db_for_partition(tp.partition).write(batch)
             self.data.set_persisted_offset(TP(tp.topic, tp.partition), messages[count - 1].offset)
         return count
 
@@ -277,9 +282,9 @@ class BulkTable(DurableTable):
         if memory is not None:
             yield from list(memory.items())
             return
-        for db in list(self.data._dbs.values()):
+        for db in list(self._stored._dbs.values()):
             for key, value in db.items():
-                if key != self.data.offset_key:
+                if key != self._stored.offset_key:
                     yield key, value
 
     # -- writing -------------------------------------------------------------------------
@@ -299,7 +304,7 @@ class BulkTable(DurableTable):
             if items:
                 self._writing = True
                 self._write_store(partition, items)
-                self._in_flight.extend(await self._send_changelog(partition, items))
+                self._in_flight.extend(await self._send_changelog_batches(partition, items))
                 self._writing = False
 
     async def settled(self) -> None:
@@ -326,7 +331,7 @@ class BulkTable(DurableTable):
         memory = self._memory()
         if memory is not None:
             memory.update(items)
-            partitions = self.data._key_partition
+            partitions = self._stored._key_partition
             for key in items:
                 partitions[key] = partition
             return
@@ -335,9 +340,9 @@ class BulkTable(DurableTable):
         batch = WriteBatch(raw_mode=True)
         for key, value in items.items():
             batch.put(key, value)
-        self.data._db_for_partition(partition).write(batch)
+        self._stored._db_for_partition(partition).write(batch)
 
-    async def _send_changelog(
+    async def _send_changelog_batches(
         self, partition: int, items: dict[bytes, bytes]
     ) -> list[tuple[int, Any, int]]:
         """Send the records in producer batches, the last one alone in its own batch.
