@@ -182,9 +182,12 @@ class WorkerProcess:
     """`churn-stream worker` as a child process, with its log in a file (appended to by
     every start, so one file tells the story of a test's restarts)."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.extra_env = extra_env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -195,7 +198,7 @@ class WorkerProcess:
         log.flush()
         self.process = subprocess.Popen(
             worker_command(),
-            env=settings_env(self.settings),
+            env=settings_env(self.settings) | self.extra_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
