@@ -9,9 +9,10 @@ handler raised, and it commits offsets without waiting for the table writes thos
 messages caused. So each stage keeps its own position, in its own table (same changelog
 partition as the state it guards, written after that state):
 
-- customers: before sending the differences of customer-batch message X, a write-ahead
-  record `{offset: X, deltas}` is written and acknowledged (after the differences of the
-  previous batch are: the record replaces theirs). The histories X changed are written
+- customers: the queued customer-batch messages of a partition are applied as one batch
+  X (offsets first..last). Before sending its differences, a write-ahead record
+  `{first, offset: last, deltas}` is written and acknowledged (after the differences of
+  the previous batch are: the record replaces theirs). The histories X changed are written
   after the differences are sent, without waiting: they follow the record in the same
   changelog partition, so the next record's acknowledgement implies theirs. On the first
   message of a partition after a (re)assignment, the recorded X is redone: its events are
@@ -79,6 +80,11 @@ TICK = b"tick"
 # and without the aggregate entries' separator, so they can never collide with data.
 RESERVED_PREFIX: Final = "\x00churn-stream\x00" + "~" * MAX_ID_LENGTH
 REFETCH_TIMEOUT_S: Final = 60.0
+# The customer stage applies up to this many queued customer-batch messages at a time,
+# those of one partition as one batch (each customer read and recomputed once for all);
+# it waits at most CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
+CUSTOMER_MESSAGES_PER_APPLY: Final = 16
+CUSTOMER_TAKE_WITHIN_S: Final = 0.01
 # Table writes the segment stage may have in flight before it waits for the broker.
 MAX_UNACKNOWLEDGED_WRITES: Final = 2000
 # RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and up to
@@ -459,8 +465,12 @@ def _wire(worker: Worker) -> None:
 
     @app.agent(customer_topic, name="customers")
     async def customers(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await _guarded(worker, "customers", _on_customer_batch(worker, event, delta_topic))
+        assert isinstance(stream, faust.Stream)  # StreamT does not declare take_events
+        taken = stream.take_events(CUSTOMER_MESSAGES_PER_APPLY, within=CUSTOMER_TAKE_WITHIN_S)
+        async for events in taken:
+            for group in by_partition([event.message for event in events]):
+                applied = _on_customer_batches(worker, group, delta_topic)
+                await _guarded(worker, "customers", applied)
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
@@ -581,9 +591,18 @@ def _wal_key(partition: int) -> bytes:
     return position_key(partition).encode()
 
 
-async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) -> None:
-    message = event.message
-    partition, offset = message.partition, message.offset
+def by_partition(messages: list[Any]) -> list[list[Any]]:
+    """The messages of each partition, in the order they came."""
+    groups: dict[int, list[Any]] = {}
+    for message in messages:
+        groups.setdefault(message.partition, []).append(message)
+    return list(groups.values())
+
+
+async def _on_customer_batches(worker: Worker, messages: list[Any], delta_topic: Any) -> None:
+    """Customer-batch messages of one partition, applied as one batch: under a backlog
+    they queue up, and applying them together reads and recomputes each customer once."""
+    partition = messages[0].partition
     topic = worker.settings.customer_topic
     stored = worker.customers_table.read(partition, _wal_key(partition))
     record = None if stored is None else orjson.loads(stored)
@@ -592,50 +611,64 @@ async def _on_customer_batch(worker: Worker, event: EventT, delta_topic: Any) ->
     if record is not None and done is not None and confirmed.get(partition) != done:
         # First message of this partition since (re)assignment: the last recorded batch
         # may be half done (differences sent, histories not all written). Finish it.
-        raw = message.value if offset == done else await _read_one(worker, topic, partition, done)
-        await _redo_customer_batch(worker, partition, record, raw, delta_topic)
-    if done is not None and offset <= done:
-        worker.health.redelivered.labels("customers").inc()
+        in_hand = {message.offset: _value(message) for message in messages}
+        await _redo_customer_batch(worker, partition, record, in_hand, delta_topic)
+    fresh = [message for message in messages if done is None or message.offset > done]
+    if len(fresh) < len(messages):
+        worker.health.redelivered.labels("customers").inc(len(messages) - len(fresh))
+    if not fresh:
         return
     start = done + 1 if done is not None else await _log_start(worker, topic, partition)
-    if offset > start:
-        missed = await worker.refetcher.read(topic, partition, start, offset)
-        log.warning(
-            "customers: consumer skipped %s[%d] offsets %d..%d; applying %d read back",
-            topic,
-            partition,
-            start,
-            offset - 1,
-            len(missed),
-        )
-        for skipped in missed:
-            await _apply_customer_batch(
-                worker, partition, skipped.offset, skipped.value, delta_topic
-            )
-            worker.health.refetched.labels("customers").inc()
-    await _apply_customer_batch(worker, partition, offset, _value(message), delta_topic)
-    worker.metrics.observe_latency("customers", message.timestamp)
+    batch = [(message.offset, _value(message)) for message in fresh]
+    if [offset for offset, _ in batch] != list(range(start, start + len(batch))):
+        batch = await _with_skipped(worker, partition, start, batch)
+    await _apply_customer_batch(worker, partition, batch, delta_topic)
+    for message in fresh:
+        worker.metrics.observe_latency("customers", message.timestamp)
+
+
+async def _with_skipped(
+    worker: Worker, partition: int, start: int, batch: list[tuple[int, bytes]]
+) -> list[tuple[int, bytes]]:
+    """`batch` with the messages from `start` on that the consumer skipped, read back."""
+    topic = worker.settings.customer_topic
+    in_hand = dict(batch)
+    last = batch[-1][0]
+    read = await worker.refetcher.read(topic, partition, start, last + 1)
+    skipped = [(message.offset, message.value) for message in read if message.offset not in in_hand]
+    log.warning(
+        "customers: consumer skipped %d of %s[%d] offsets %d..%d; applying them read back",
+        len(skipped),
+        topic,
+        partition,
+        start,
+        last,
+    )
+    worker.health.refetched.labels("customers").inc(len(skipped))
+    return sorted([*batch, *skipped])
 
 
 async def _apply_customer_batch(
-    worker: Worker, partition: int, offset: int, raw: bytes, delta_topic: Any
+    worker: Worker, partition: int, batch: list[tuple[int, bytes]], delta_topic: Any
 ) -> None:
-    input_watermarks, events = decode_customer_batch(raw)
+    """Apply consecutive messages (offset, value) of a partition as one batch."""
+    first, last = batch[0][0], batch[-1][0]
     known = worker.watermarks.setdefault(partition, {})
-    merge_watermarks(known, input_watermarks)
+    events, watermarks_moved = _decode_customer_batches(known, [raw for _, raw in batch])
     worker.customer_store.select(partition)
     outcome = worker.customers.apply_batch(events, min(known.values()) if known else None)
     messages: list[DeltaMessage] = []
     for dimension, deltas in by_dimension(outcome.deltas, worker.settings.dimensions).items():
-        if not deltas and not input_watermarks:
+        if not deltas and not watermarks_moved:
             continue
-        value = encode_deltas(partition, offset, known, deltas)
+        value = encode_deltas(partition, last, known, deltas)
         messages.append((dimension, partition_for(dimension, worker.settings.partitions), value))
     # Write-ahead: what is about to be sent, durable before it is sent. The previous
     # batch's differences must be acknowledged first: this record replaces theirs.
     await _settle_deltas(worker, partition)
     wal = {
-        "o": offset,
+        "f": first,
+        "o": last,
         "d": [[dimension, target, _pack(value)] for dimension, target, value in messages],
     }
     table = worker.customers_table
@@ -646,10 +679,23 @@ async def _apply_customer_batch(
     # record's acknowledgement implies theirs.
     worker.customer_store.commit()
     await table.send()
-    worker.confirmed["customers"][partition] = offset
+    worker.confirmed["customers"][partition] = last
     worker.metrics.applied_events.inc(outcome.applied)
     worker.metrics.duplicate_events.inc(outcome.duplicates)
     worker.health.beyond_retention.inc(outcome.beyond_retention)
+
+
+def _decode_customer_batches(known: dict[int, int], raws: list[bytes]) -> tuple[list[Any], bool]:
+    """The events of the messages, their watermarks merged into `known` in order; and
+    whether any message carried watermarks."""
+    events: list[Any] = []
+    carried = False
+    for raw in raws:
+        input_watermarks, decoded = decode_customer_batch(raw)
+        merge_watermarks(known, input_watermarks)
+        carried = carried or bool(input_watermarks)
+        events.extend(decoded)
+    return events, carried
 
 
 async def _settle_deltas(worker: Worker, partition: int) -> None:
@@ -658,21 +704,30 @@ async def _settle_deltas(worker: Worker, partition: int) -> None:
 
 
 async def _redo_customer_batch(
-    worker: Worker, partition: int, record: dict[str, Any], raw: bytes | None, delta_topic: Any
+    worker: Worker,
+    partition: int,
+    record: dict[str, Any],
+    in_hand: dict[int, bytes],
+    delta_topic: Any,
 ) -> None:
-    offset = int(record["o"])
+    """Finish the recorded batch: offsets f..o (records before batching have only o)."""
+    last = int(record["o"])
+    first = int(record.get("f", last))
     messages = [(dimension, target, _unpack(value)) for dimension, target, value in record["d"]]
     worker.customer_store.select(partition)
-    if raw is None:
+    raws = await _recorded_messages(worker, partition, first, last, in_hand)
+    if len(raws) < last - first + 1:
         log.warning(
-            "customers: batch %d of partition %d is gone; re-sending its differences",
-            offset,
+            "customers: %d of the messages %d..%d of partition %d are gone; re-sending "
+            "their differences",
+            last - first + 1 - len(raws),
+            first,
+            last,
             partition,
         )
-    else:
-        input_watermarks, events = decode_customer_batch(raw)
+    if raws:
         known = worker.watermarks.setdefault(partition, {})
-        merge_watermarks(known, input_watermarks)
+        events, _ = _decode_customer_batches(known, raws)
         watermark = min(known.values()) if known else None
         worker.customers.apply_batch(events, watermark)  # histories only: the differences
         # that were computed before the crash are the ones re-sent below
@@ -680,9 +735,24 @@ async def _redo_customer_batch(
         await ack
     worker.customer_store.commit()
     await worker.customers_table.flush()
-    worker.confirmed["customers"][partition] = offset
+    worker.confirmed["customers"][partition] = last
     worker.health.redone.inc()
-    log.info("customers: completed batch %d of partition %d after a restart", offset, partition)
+    log.info(
+        "customers: completed batch %d..%d of partition %d after a restart", first, last, partition
+    )
+
+
+async def _recorded_messages(
+    worker: Worker, partition: int, first: int, last: int, in_hand: dict[int, bytes]
+) -> list[bytes]:
+    """The values of offsets first..last, from `in_hand` or read back (those still kept)."""
+    found = {offset: raw for offset, raw in in_hand.items() if first <= offset <= last}
+    if len(found) < last - first + 1:
+        topic = worker.settings.customer_topic
+        for message in await worker.refetcher.read(topic, partition, first, last + 1):
+            if message.value is not None:
+                found.setdefault(message.offset, message.value)
+    return [found[offset] for offset in sorted(found)]
 
 
 async def _send_deltas(delta_topic: Any, messages: list[DeltaMessage]) -> list[Any]:
@@ -703,11 +773,6 @@ def _forget_unflushed(worker: Worker) -> None:
     worker.flush_held_until.clear()  # found again from the tables
     for store in (*worker.aggregate_stores, worker.emitted_store, worker.spike_store):
         store.discard()
-
-
-async def _read_one(worker: Worker, topic: str, partition: int, offset: int) -> bytes | None:
-    found = await worker.refetcher.read(topic, partition, offset, offset + 1)
-    return found[0].value if found and found[0].offset == offset else None
 
 
 async def _log_start(worker: Worker, topic: str, partition: int) -> int:
