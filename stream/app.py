@@ -79,18 +79,20 @@ TICK = b"tick"
 # Keys of the stages' own bookkeeping inside their tables. Longer than any customer id
 # and without the aggregate entries' separator, so they can never collide with data.
 RESERVED_PREFIX: Final = "\x00churn-stream\x00" + "~" * MAX_ID_LENGTH
+_MIB: Final = 1024 * 1024
 REFETCH_TIMEOUT_S: Final = 60.0
-# The customer stage applies up to this many queued customer-batch messages at a time,
-# those of one partition as one batch (each customer read and recomputed once for all);
-# it waits at most CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
-CUSTOMER_MESSAGES_PER_APPLY: Final = 16
+# The customer stage takes up to this many queued customer-batch messages at a time and
+# applies those of one partition as one batch of at most CUSTOMER_BATCH_BYTES (each
+# customer read and recomputed once for all); it waits at most CUSTOMER_TAKE_WITHIN_S
+# for more once the queue is empty.
+CUSTOMER_MESSAGES_PER_TAKE: Final = 256
+CUSTOMER_BATCH_BYTES: Final = 8 * _MIB
 CUSTOMER_TAKE_WITHIN_S: Final = 0.01
 # Table writes the segment stage may have in flight before it waits for the broker.
 MAX_UNACKNOWLEDGED_WRITES: Final = 2000
 # RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and up to
 # 3 x 64 MiB of memtables for every partition of every table): what bounds the worker's
 # RSS with the RocksDB store. README, Sizing.
-_MIB: Final = 1024 * 1024
 CUSTOMERS_ROCKSDB: Final = {
     "write_buffer_size": 16 * _MIB,
     "max_write_buffer_number": 2,
@@ -466,9 +468,10 @@ def _wire(worker: Worker) -> None:
     @app.agent(customer_topic, name="customers")
     async def customers(stream: StreamT[bytes]) -> None:
         assert isinstance(stream, faust.Stream)  # StreamT does not declare take_events
-        taken = stream.take_events(CUSTOMER_MESSAGES_PER_APPLY, within=CUSTOMER_TAKE_WITHIN_S)
+        taken = stream.take_events(CUSTOMER_MESSAGES_PER_TAKE, within=CUSTOMER_TAKE_WITHIN_S)
         async for events in taken:
-            for group in by_partition([event.message for event in events]):
+            messages = [event.message for event in events]
+            for group in by_partition(messages, CUSTOMER_BATCH_BYTES):
                 applied = _on_customer_batches(worker, group, delta_topic)
                 await _guarded(worker, "customers", applied)
 
@@ -591,12 +594,20 @@ def _wal_key(partition: int) -> bytes:
     return position_key(partition).encode()
 
 
-def by_partition(messages: list[Any]) -> list[list[Any]]:
-    """The messages of each partition, in the order they came."""
-    groups: dict[int, list[Any]] = {}
+def by_partition(messages: list[Any], max_bytes: int) -> list[list[Any]]:
+    """The messages of each partition in the order they came, cut into runs of at most
+    `max_bytes` of values (a longer message alone)."""
+    groups: dict[int, list[list[Any]]] = {}
+    sizes: dict[int, int] = {}
     for message in messages:
-        groups.setdefault(message.partition, []).append(message)
-    return list(groups.values())
+        runs = groups.setdefault(message.partition, [[]])
+        size = len(message.value or b"")
+        if runs[-1] and sizes[message.partition] + size > max_bytes:
+            runs.append([])
+            sizes[message.partition] = 0
+        runs[-1].append(message)
+        sizes[message.partition] = sizes.get(message.partition, 0) + size
+    return [run for runs in groups.values() for run in runs]
 
 
 async def _on_customer_batches(worker: Worker, messages: list[Any], delta_topic: Any) -> None:

@@ -45,11 +45,28 @@ def with_refetcher(worker: Worker, refetcher: FakeRefetcher) -> Worker:
 
 def test_messages_are_grouped_by_partition_in_arrival_order():
     arrived = [message(5, 1), message(9, 2), message(6, 1), message(10, 2), message(7, 1)]
-    groups = by_partition(arrived)
+    groups = by_partition(arrived, max_bytes=1000)
     assert [[(m.partition, m.offset) for m in group] for group in groups] == [
         [(1, 5), (1, 6), (1, 7)],
         [(2, 9), (2, 10)],
     ]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_bytes", "runs"),
+    [
+        ([3, 3, 3], 9, [[0, 1, 2]]),
+        ([3, 3, 3], 8, [[0, 1], [2]]),
+        ([3, 3, 3], 3, [[0], [1], [2]]),
+        ([10, 1, 1], 5, [[0], [1, 2]]),  # a message over the bound goes alone
+        ([1, 10, 1], 5, [[0], [1], [2]]),
+        ([0, 0], 1, [[0, 1]]),  # watermark-only messages are tiny, never empty
+    ],
+)
+def test_a_partition_is_cut_into_runs_of_bounded_size(sizes, max_bytes, runs):
+    arrived = [SimpleNamespace(offset=i, partition=0, value=b"x" * n) for i, n in enumerate(sizes)]
+    groups = by_partition(arrived, max_bytes)
+    assert [[m.offset for m in group] for group in groups] == runs
 
 
 @pytest.mark.parametrize(
