@@ -82,11 +82,10 @@ RESERVED_PREFIX: Final = "\x00churn-stream\x00" + "~" * MAX_ID_LENGTH
 _MIB: Final = 1024 * 1024
 REFETCH_TIMEOUT_S: Final = 60.0
 # The customer stage takes up to this many queued customer-batch messages at a time and
-# applies those of one partition as one batch of at most CUSTOMER_BATCH_BYTES (each
-# customer read and recomputed once for all); it waits at most CUSTOMER_TAKE_WITHIN_S
-# for more once the queue is empty.
+# applies those of one partition as one batch of at most CHURN_CUSTOMER_BATCH_MAX_BYTES
+# (each customer read and recomputed once for all); it waits at most
+# CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
 CUSTOMER_MESSAGES_PER_TAKE: Final = 256
-CUSTOMER_BATCH_BYTES: Final = 8 * _MIB
 CUSTOMER_TAKE_WITHIN_S: Final = 0.01
 # Table writes the segment stage may have in flight before it waits for the broker.
 MAX_UNACKNOWLEDGED_WRITES: Final = 2000
@@ -471,7 +470,7 @@ def _wire(worker: Worker) -> None:
         taken = stream.take_events(CUSTOMER_MESSAGES_PER_TAKE, within=CUSTOMER_TAKE_WITHIN_S)
         async for events in taken:
             messages = [event.message for event in events]
-            for group in by_partition(messages, CUSTOMER_BATCH_BYTES):
+            for group in by_partition(messages, settings.customer_batch_max_bytes):
                 applied = _on_customer_batches(worker, group, delta_topic)
                 await _guarded(worker, "customers", applied)
 

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         description="Events dated further than this past the wall clock are dead-lettered.",
     )
     batch_max_records: int = Field(
-        default=5000, ge=1, description="Most input records the ingest stage reads per batch."
+        default=20_000, ge=1, description="Most input records the ingest stage reads per batch."
     )
     batch_linger_ms: int = Field(
         default=400,
@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="How long the ingest stage keeps reading to fill a batch once input "
         "arrives, counted from when the previous batch was taken (every batch costs a few "
         "broker round trips downstream).",
+    )
+    customer_batch_max_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1,
+        description="The customer stage applies the queued customer-batch messages of a "
+        "partition together, up to this many bytes of them (more: fewer histories read and "
+        "recomputed per event on a backlog, but a higher peak RSS).",
     )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
