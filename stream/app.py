@@ -471,8 +471,12 @@ def _wire(worker: Worker) -> None:
         async for events in taken:
             messages = [event.message for event in events]
             for group in by_partition(messages, settings.customer_batch_max_bytes):
-                applied = _on_customer_batches(worker, group, delta_topic)
-                await _guarded(worker, "customers", applied)
+                # Taken before a rebalance: faust would skip these now, and the next message
+                # of a partition still ours reads them back (its position says so).
+                group = [m for m in group if m.generation_id == app.consumer_generation_id]
+                if group:
+                    applied = _on_customer_batches(worker, group, delta_topic)
+                    await _guarded(worker, "customers", applied)
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
