@@ -42,9 +42,9 @@ import base64
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import faust
 import orjson
@@ -68,13 +68,14 @@ from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
 from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector
 from stream.records import encode_record
-from stream.routing import decode_customer_batch, decode_deltas, encode_deltas
+from stream.routing import Decoded, decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
 from stream.spikes import SpikeAlert
 from stream.tables import BulkTable, DurableTable, LazyProducer, PartitionStore
 
 log = logging.getLogger(__name__)
 TICK = b"tick"
+T = TypeVar("T")
 
 # Keys of the stages' own bookkeeping inside their tables. Longer than any customer id
 # and without the aggregate entries' separator, so they can never collide with data.
@@ -83,8 +84,8 @@ _MIB: Final = 1024 * 1024
 REFETCH_TIMEOUT_S: Final = 60.0
 # The customer stage takes up to this many queued customer-batch messages at a time and
 # applies those of one partition as one batch of at most CHURN_CUSTOMER_BATCH_MAX_BYTES
-# (each customer read and recomputed once for all); it waits at most
-# CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
+# and CHURN_CUSTOMER_BATCH_MAX_CUSTOMERS (each customer read and recomputed once for
+# all); it waits at most CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
 CUSTOMER_MESSAGES_PER_TAKE: Final = 256
 CUSTOMER_TAKE_WITHIN_S: Final = 0.01
 # Table writes the segment stage may have in flight before it waits for the broker.
@@ -469,13 +470,13 @@ def _wire(worker: Worker) -> None:
         assert isinstance(stream, faust.Stream)  # StreamT does not declare take_events
         taken = stream.take_events(CUSTOMER_MESSAGES_PER_TAKE, within=CUSTOMER_TAKE_WITHIN_S)
         async for events in taken:
-            messages = [event.message for event in events]
-            for group in by_partition(messages, settings.customer_batch_max_bytes):
-                # Taken before a rebalance: faust would skip these now, and the next message
-                # of a partition still ours reads them back (its position says so).
-                group = [m for m in group if m.generation_id == app.consumer_generation_id]
-                if group:
-                    applied = _on_customer_batches(worker, group, delta_topic)
+            # Taken before a rebalance: faust would skip these now, and the next message of
+            # a partition still ours reads them back (its position says so).
+            generation = app.consumer_generation_id
+            messages = [e.message for e in events if e.message.generation_id == generation]
+            for group in by_partition(messages):
+                for run in _customer_runs(group, settings):
+                    applied = _on_customer_batches(worker, run, delta_topic)
                     await _guarded(worker, "customers", applied)
 
     @app.agent(delta_topic, name="segments")
@@ -597,25 +598,65 @@ def _wal_key(partition: int) -> bytes:
     return position_key(partition).encode()
 
 
-def by_partition(messages: list[Any], max_bytes: int) -> list[list[Any]]:
-    """The messages of each partition in the order they came, cut into runs of at most
-    `max_bytes` of values (a longer message alone)."""
-    groups: dict[int, list[list[Any]]] = {}
-    sizes: dict[int, int] = {}
+def by_partition(messages: list[Any]) -> list[list[Any]]:
+    """The messages of each partition, in the order they came."""
+    groups: dict[int, list[Any]] = {}
     for message in messages:
-        runs = groups.setdefault(message.partition, [[]])
-        size = len(message.value or b"")
-        if runs[-1] and sizes[message.partition] + size > max_bytes:
-            runs.append([])
-            sizes[message.partition] = 0
-        runs[-1].append(message)
-        sizes[message.partition] = sizes.get(message.partition, 0) + size
-    return [run for runs in groups.values() for run in runs]
+        groups.setdefault(message.partition, []).append(message)
+    return list(groups.values())
 
 
-async def _on_customer_batches(worker: Worker, messages: list[Any], delta_topic: Any) -> None:
+def bounded_runs(
+    items: Iterable[T],
+    size: Callable[[T], int],
+    customers: Callable[[T], Collection[str]],
+    max_bytes: int,
+    max_customers: int,
+) -> Iterator[list[T]]:
+    """`items` in order, cut into runs of at most `max_bytes` in all and `max_customers`
+    distinct customers (an item over either bound alone). Lazy: an item is looked at only
+    once the run before it has been taken."""
+    run: list[T] = []
+    run_bytes = 0
+    run_customers: set[str] = set()
+    for item in items:
+        item_bytes = size(item)
+        item_customers = set(customers(item))
+        added = item_customers - run_customers
+        over_bytes = run_bytes + item_bytes > max_bytes
+        if run and (over_bytes or len(run_customers) + len(added) > max_customers):
+            yield run
+            run, run_bytes, run_customers, added = [], 0, set(), item_customers
+        run.append(item)
+        run_bytes += item_bytes
+        run_customers |= added
+    if run:
+        yield run
+
+
+CustomerMessage = tuple[Any, Decoded]  # a customer-batch message and its decoded value
+
+
+def _customer_runs(messages: list[Any], settings: Settings) -> Iterator[list[CustomerMessage]]:
+    """One partition's customer-batch messages, decoded one at a time, in runs to apply
+    as one batch. The customer bound is what keeps memory flat: each distinct customer of a
+    run is read, recomputed and written (and held until then) once, whatever the number of
+    its events; the byte bound caps the events held."""
+    return bounded_runs(
+        ((message, decode_customer_batch(_value(message))) for message in messages),
+        size=lambda item: len(item[0].value),
+        customers=lambda item: {event.customer_id for event in item[1][1]},
+        max_bytes=settings.customer_batch_max_bytes,
+        max_customers=settings.customer_batch_max_customers,
+    )
+
+
+async def _on_customer_batches(
+    worker: Worker, run: list[CustomerMessage], delta_topic: Any
+) -> None:
     """Customer-batch messages of one partition, applied as one batch: under a backlog
     they queue up, and applying them together reads and recomputes each customer once."""
+    messages = [message for message, _ in run]
     partition = messages[0].partition
     topic = worker.settings.customer_topic
     stored = worker.customers_table.read(partition, _wal_key(partition))
@@ -636,7 +677,12 @@ async def _on_customer_batches(worker: Worker, messages: list[Any], delta_topic:
     batch = [(message.offset, _value(message)) for message in fresh]
     if [offset for offset, _ in batch] != list(range(start, start + len(batch))):
         batch = await _with_skipped(worker, partition, start, batch)
-    await _apply_customer_batch(worker, partition, batch, delta_topic)
+    decoded = {message.offset: payload for message, payload in run}
+    payloads = [
+        decoded[offset] if offset in decoded else decode_customer_batch(raw)
+        for offset, raw in batch
+    ]
+    await _apply_customer_batch(worker, partition, batch, payloads, delta_topic)
     for message in fresh:
         worker.metrics.observe_latency("customers", message.timestamp)
 
@@ -663,12 +709,17 @@ async def _with_skipped(
 
 
 async def _apply_customer_batch(
-    worker: Worker, partition: int, batch: list[tuple[int, bytes]], delta_topic: Any
+    worker: Worker,
+    partition: int,
+    batch: list[tuple[int, bytes]],
+    payloads: list[Decoded],
+    delta_topic: Any,
 ) -> None:
-    """Apply consecutive messages (offset, value) of a partition as one batch."""
+    """Apply consecutive messages (offset, value) of a partition, decoded as `payloads`,
+    as one batch."""
     first, last = batch[0][0], batch[-1][0]
     known = worker.watermarks.setdefault(partition, {})
-    events, watermarks_moved = _decode_customer_batches(known, [raw for _, raw in batch])
+    events, watermarks_moved = _merge_decoded(known, payloads)
     worker.customer_store.select(partition)
     outcome = worker.customers.apply_batch(events, min(known.values()) if known else None)
     messages: list[DeltaMessage] = []
@@ -699,13 +750,12 @@ async def _apply_customer_batch(
     worker.health.beyond_retention.inc(outcome.beyond_retention)
 
 
-def _decode_customer_batches(known: dict[int, int], raws: list[bytes]) -> tuple[list[Any], bool]:
-    """The events of the messages, their watermarks merged into `known` in order; and
-    whether any message carried watermarks."""
+def _merge_decoded(known: dict[int, int], payloads: list[Decoded]) -> tuple[list[Any], bool]:
+    """The events of the decoded messages, their watermarks merged into `known` in order;
+    and whether any message carried watermarks."""
     events: list[Any] = []
     carried = False
-    for raw in raws:
-        input_watermarks, decoded = decode_customer_batch(raw)
+    for input_watermarks, decoded in payloads:
         merge_watermarks(known, input_watermarks)
         carried = carried or bool(input_watermarks)
         events.extend(decoded)
@@ -741,7 +791,7 @@ async def _redo_customer_batch(
         )
     if raws:
         known = worker.watermarks.setdefault(partition, {})
-        events, _ = _decode_customer_batches(known, raws)
+        events, _ = _merge_decoded(known, [decode_customer_batch(raw) for raw in raws])
         watermark = min(known.values()) if known else None
         worker.customers.apply_batch(events, watermark)  # histories only: the differences
         # that were computed before the crash are the ones re-sent below

@@ -163,7 +163,10 @@ def customer_batches(
     }
 
 
-def decode_customer_batch(raw: bytes) -> tuple[dict[int, int], list[LifecycleEvent]]:
+Decoded = tuple[dict[int, int], list[LifecycleEvent]]  # (watermarks, events) of a message
+
+
+def decode_customer_batch(raw: bytes) -> Decoded:
     message = orjson.loads(raw)
     watermarks = {int(p): int(t) for p, t in message["w"].items()}
     return watermarks, [event_from_row(row) for row in message["e"]]

@@ -72,11 +72,17 @@ class Settings(BaseSettings):
         "broker round trips downstream).",
     )
     customer_batch_max_bytes: int = Field(
-        default=2 * 1024 * 1024,
+        default=8 * 1024 * 1024,
         ge=1,
         description="The customer stage applies the queued customer-batch messages of a "
         "partition together, up to this many bytes of them (more: fewer histories read and "
-        "recomputed per event on a backlog, but a higher peak RSS).",
+        "recomputed per event on a backlog, but more events held).",
+    )
+    customer_batch_max_customers: int = Field(
+        default=16_384,
+        ge=1,
+        description="... and up to this many distinct customers: each is read, recomputed "
+        "and written once per batch, and held in memory until then.",
     )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."

@@ -10,7 +10,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from stream.app import Worker, _recorded_messages, _with_skipped, by_partition, create_app
+from stream.app import (
+    Worker,
+    _customer_runs,
+    _recorded_messages,
+    _with_skipped,
+    bounded_runs,
+    by_partition,
+    create_app,
+)
+from stream.events import EventType, LifecycleEvent
+from stream.routing import decode_customer_batch, encode_customer_batch
 from stream.settings import Settings
 
 PARTITION = 3
@@ -45,11 +55,24 @@ def with_refetcher(worker: Worker, refetcher: FakeRefetcher) -> Worker:
 
 def test_messages_are_grouped_by_partition_in_arrival_order():
     arrived = [message(5, 1), message(9, 2), message(6, 1), message(10, 2), message(7, 1)]
-    groups = by_partition(arrived, max_bytes=1000)
+    groups = by_partition(arrived)
     assert [[(m.partition, m.offset) for m in group] for group in groups] == [
         [(1, 5), (1, 6), (1, 7)],
         [(2, 9), (2, 10)],
     ]
+
+
+def cut(sizes: list[int], customers: list[str], max_bytes: int, max_customers: int):
+    """Run `bounded_runs` over items (index, size, customers): the runs' indexes."""
+    items = list(zip(range(len(sizes)), sizes, customers, strict=True))
+    runs = bounded_runs(
+        items,
+        size=lambda item: item[1],
+        customers=lambda item: set(item[2]),
+        max_bytes=max_bytes,
+        max_customers=max_customers,
+    )
+    return [[item[0] for item in run] for run in runs]
 
 
 @pytest.mark.parametrize(
@@ -63,10 +86,41 @@ def test_messages_are_grouped_by_partition_in_arrival_order():
         ([0, 0], 1, [[0, 1]]),  # watermark-only messages are tiny, never empty
     ],
 )
-def test_a_partition_is_cut_into_runs_of_bounded_size(sizes, max_bytes, runs):
-    arrived = [SimpleNamespace(offset=i, partition=0, value=b"x" * n) for i, n in enumerate(sizes)]
-    groups = by_partition(arrived, max_bytes)
-    assert [[m.offset for m in group] for group in groups] == runs
+def test_runs_are_bounded_in_bytes(sizes, max_bytes, runs):
+    assert cut(sizes, ["" for _ in sizes], max_bytes, max_customers=100) == runs
+
+
+@pytest.mark.parametrize(
+    ("customers", "max_customers", "runs"),
+    [
+        (["ab", "cd", "ef"], 6, [[0, 1, 2]]),
+        (["ab", "cd", "ef"], 5, [[0, 1], [2]]),
+        # customers seen earlier in the run do not count again
+        (["ab", "ba", "ab", "abc"], 3, [[0, 1, 2, 3]]),
+        (["ab", "bc", "cd", "de"], 3, [[0, 1], [2, 3]]),
+        # a message with more customers than the bound goes alone
+        (["abcd", "a", "bcdef", "e"], 3, [[0], [1], [2], [3]]),
+        (["", "", "a"], 1, [[0, 1, 2]]),  # watermark-only messages have no customers
+    ],
+)
+def test_runs_are_bounded_in_distinct_customers(customers, max_customers, runs):
+    assert (
+        cut([1 for _ in customers], customers, max_bytes=100, max_customers=max_customers) == runs
+    )
+
+
+def test_runs_look_at_an_item_only_once_the_run_before_it_is_taken():
+    looked: list[int] = []
+
+    def items():
+        for index in range(4):
+            looked.append(index)
+            yield index
+
+    runs = bounded_runs(items(), lambda _: 1, lambda _: (), max_bytes=2, max_customers=10)
+    assert next(runs) == [0, 1]
+    assert looked == [0, 1, 2]  # the item that did not fit, and no further
+    assert list(runs) == [[2, 3]]
 
 
 @pytest.mark.parametrize(
@@ -122,3 +176,27 @@ async def test_skipped_messages_are_read_back_and_applied_in_order(
         "churn_refetched_messages_total", {"stage": "customers"}
     )
     assert refetched == skipped
+
+
+def customer_batch(offset: int, customers: list[str]) -> SimpleNamespace:
+    events = [
+        LifecycleEvent(customer, f"{customer}-{offset}", EventType.ACTIVITY, offset, None, None, ())
+        for customer in customers
+    ]
+    value = encode_customer_batch({0: offset}, events)
+    return SimpleNamespace(offset=offset, partition=PARTITION, value=value)
+
+
+def test_customer_runs_decode_each_message_once_and_bound_its_distinct_customers():
+    arrived = [
+        customer_batch(0, ["a", "b"]),
+        customer_batch(1, ["b", "a", "c"]),  # a and b again: 3 distinct so far
+        customer_batch(2, ["d"]),  # a fourth: over the bound
+        customer_batch(3, ["d", "e"]),
+    ]
+    settings = Settings(customer_batch_max_customers=3, customer_batch_max_bytes=10**6)
+    runs = list(_customer_runs(arrived, settings))
+    assert [[message.offset for message, _ in run] for run in runs] == [[0, 1], [2, 3]]
+    for run in runs:
+        for message, payload in run:
+            assert payload == decode_customer_batch(message.value)
