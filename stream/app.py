@@ -470,14 +470,7 @@ def _wire(worker: Worker) -> None:
         assert isinstance(stream, faust.Stream)  # StreamT does not declare take_events
         taken = stream.take_events(CUSTOMER_MESSAGES_PER_TAKE, within=CUSTOMER_TAKE_WITHIN_S)
         async for events in taken:
-            # Taken before a rebalance: faust would skip these now, and the next message of
-            # a partition still ours reads them back (its position says so).
-            generation = app.consumer_generation_id
-            messages = [e.message for e in events if e.message.generation_id == generation]
-            for group in by_partition(messages):
-                for run in _customer_runs(group, settings):
-                    applied = _on_customer_batches(worker, run, delta_topic)
-                    await _guarded(worker, "customers", applied)
+            await _apply_taken(worker, [event.message for event in events], delta_topic)
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
@@ -649,6 +642,21 @@ def _customer_runs(messages: list[Any], settings: Settings) -> Iterator[list[Cus
         max_bytes=settings.customer_batch_max_bytes,
         max_customers=settings.customer_batch_max_customers,
     )
+
+
+async def _apply_taken(worker: Worker, messages: list[Any], delta_topic: Any) -> None:
+    """Apply the customer-batch messages of one take, partition by partition, in runs."""
+    for group in by_partition(messages):
+        for run in _customer_runs(group, worker.settings):
+            # Taken before a rebalance (also one during an earlier run of this take): faust
+            # would skip these now, and the next message of a partition still ours reads
+            # them back (its position says so).
+            generation = worker.app.consumer_generation_id
+            current = [item for item in run if item[0].generation_id == generation]
+            if current:
+                await _guarded(
+                    worker, "customers", _on_customer_batches(worker, current, delta_topic)
+                )
 
 
 async def _on_customer_batches(

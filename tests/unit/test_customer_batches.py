@@ -10,8 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import stream.app
 from stream.app import (
     Worker,
+    _apply_taken,
     _customer_runs,
     _recorded_messages,
     _with_skipped,
@@ -200,3 +202,23 @@ def test_customer_runs_decode_each_message_once_and_bound_its_distinct_customers
     for run in runs:
         for message, payload in run:
             assert payload == decode_customer_batch(message.value)
+
+
+async def test_runs_taken_before_a_rebalance_are_dropped_even_after_it_began(worker, monkeypatch):
+    """A take holds messages across a rebalance, and one that happens while an earlier run
+    of the take is applied drops the later runs too."""
+    worker.app.consumer_generation_id = 7
+    arrived = [customer_batch(offset, [f"c{offset}"]) for offset in range(4)]
+    for message in arrived:
+        message.generation_id = 7
+    arrived[0].generation_id = 6  # taken before an earlier rebalance
+    monkeypatch.setattr(worker.settings, "customer_batch_max_customers", 1)
+    applied: list[list[int]] = []
+
+    async def record(worker, run, delta_topic):
+        applied.append([message.offset for message, _ in run])
+        worker.app.consumer_generation_id = 8  # a rebalance while this run is applied
+
+    monkeypatch.setattr(stream.app, "_on_customer_batches", record)
+    await _apply_taken(worker, arrived, delta_topic=None)
+    assert applied == [[1]]
