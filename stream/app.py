@@ -470,7 +470,8 @@ def _wire(worker: Worker) -> None:
         assert isinstance(stream, faust.Stream)  # StreamT does not declare take_events
         taken = stream.take_events(CUSTOMER_MESSAGES_PER_TAKE, within=CUSTOMER_TAKE_WITHIN_S)
         async for events in taken:
-            await _apply_taken(worker, [event.message for event in events], delta_topic)
+            messages = [event.message for event in events]
+            await _guarded(worker, "customers", _apply_taken(worker, messages, delta_topic))
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
@@ -645,7 +646,8 @@ def _customer_runs(messages: list[Any], settings: Settings) -> Iterator[list[Cus
 
 
 async def _apply_taken(worker: Worker, messages: list[Any], delta_topic: Any) -> None:
-    """Apply the customer-batch messages of one take, partition by partition, in runs."""
+    """Apply the customer-batch messages of one take, partition by partition, in runs
+    (decoding included: a message that cannot be decoded stops the worker)."""
     for group in by_partition(messages):
         for run in _customer_runs(group, worker.settings):
             # Taken before a rebalance (also one during an earlier run of this take): faust
@@ -654,9 +656,7 @@ async def _apply_taken(worker: Worker, messages: list[Any], delta_topic: Any) ->
             generation = worker.app.consumer_generation_id
             current = [item for item in run if item[0].generation_id == generation]
             if current:
-                await _guarded(
-                    worker, "customers", _on_customer_batches(worker, current, delta_topic)
-                )
+                await _on_customer_batches(worker, current, delta_topic)
 
 
 async def _on_customer_batches(

@@ -222,3 +222,12 @@ async def test_runs_taken_before_a_rebalance_are_dropped_even_after_it_began(wor
     monkeypatch.setattr(stream.app, "_on_customer_batches", record)
     await _apply_taken(worker, arrived, delta_topic=None)
     assert applied == [[1]]
+
+
+async def test_a_message_that_cannot_be_decoded_fails_the_take(worker):
+    """Decoding happens inside `_apply_taken`, which the agent runs guarded: the failure
+    stops the worker instead of faust skipping the message."""
+    worker.app.consumer_generation_id = 1
+    broken = SimpleNamespace(offset=0, partition=PARTITION, value=None, topic="t", generation_id=1)
+    with pytest.raises(ValueError, match="has no value"):
+        await _apply_taken(worker, [broken], delta_topic=None)

@@ -17,11 +17,11 @@ if os.environ.get("CRASH_IN_BATCH") == "1":
     _armed: list[str] = []
 
     async def _apply_then_note(
-        worker: Any, partition: int, batch: list[tuple[int, bytes]], delta_topic: Any
+        worker: Any, partition: int, batch: list[tuple[int, bytes]], *args: Any
     ) -> None:
         if len(batch) > 1:
             _armed.append(f"{batch[0][0]}..{batch[-1][0]} of partition {partition}")
-        await _apply(worker, partition, batch, delta_topic)
+        await _apply(worker, partition, batch, *args)
 
     async def _send_then_crash(delta_topic: Any, messages: list[Any]) -> list[Any]:
         acks = await _send(delta_topic, messages)
