@@ -62,6 +62,7 @@ from stream.broker import (
     standard_topics,
 )
 from stream.cli import add_settings_flags, settings_from, worker_command
+from stream.events import compact_json
 from stream.formulas import COUNT_FIELDS
 from stream.kafka_config import aiokafka_options
 from stream.settings import Settings
@@ -707,7 +708,7 @@ def build_workload(plan: Plan, partitions: int) -> Workload:
         for event in islice(generate_events(config), plan.events):
             counter.add(event)
             key = event["customer_id"].encode()
-            payloads.append((partition_of(key, partitions), key, orjson.dumps(event)))
+            payloads.append((partition_of(key, partitions), key, compact_json(event)))
         if len(payloads) >= plan.events or plan.days:
             return Workload(payloads, counter.result(), days, customers)
         days = math.ceil(days * 1.1) + 1  # the sample under-estimated: more history
@@ -731,7 +732,7 @@ def build_load(plan: Plan, partitions: int, count: int) -> list[Payload]:
             "occurred_at": placeholder,
         }
         key = event["customer_id"].encode()
-        templates.append((partition_of(key, partitions), key, orjson.dumps(event)))
+        templates.append((partition_of(key, partitions), key, compact_json(event)))
     return templates
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from stream.contributions import Deltas, DeltaSums, changed_deltas
-from stream.events import EVENT_TYPES, EventType, LifecycleEvent
+from stream.events import EVENT_TYPES, EventType, LifecycleEvent, compact_json
 from stream.lifecycle import (
     Base,
     Timeline,
@@ -105,7 +105,7 @@ class History:
 
     def encode(self) -> bytes:
         base = None if self.base is None else self.base.to_list()
-        return orjson.dumps([self.rows, self.bare_ids, self.bare_times, self.watermark_ms, base])
+        return compact_json([self.rows, self.bare_ids, self.bare_times, self.watermark_ms, base])
 
     def seen(self, event_id: str) -> bool:
         return event_id in self.bare_ids or any(row[0] == event_id for row in self.rows)

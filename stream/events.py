@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Final, NamedTuple
+from typing import Annotated, Any, Final, NamedTuple
 
 import orjson
 from pydantic import (
@@ -187,3 +187,11 @@ def compact(event: CustomerEvent, dimensions: tuple[str, ...]) -> LifecycleEvent
 
 def event_to_json(event: CustomerEvent) -> bytes:
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def compact_json(value: Any) -> bytes:
+    """`orjson.dumps(value)` in a buffer of its own size. orjson (3.12 on) returns its
+    working buffer, at least 4 KiB and rounded up to a power of two, so every small
+    result kept (a history held until its batch is written, a simulated event) costs
+    that much memory; copying it out costs ~0.2 µs."""
+    return bytes(memoryview(orjson.dumps(value)))

@@ -1,9 +1,12 @@
 """The input contract: what is accepted, and the reason code of everything rejected."""
 
+import tracemalloc
+
+import orjson
 import pytest
 
 from stream.decoding import decode_event
-from stream.events import MAX_MESSAGE_BYTES, EventType, InvalidEventError
+from stream.events import MAX_MESSAGE_BYTES, EventType, InvalidEventError, compact_json
 
 GOOD = (
     b'{"event_id":"e1","type":"subscribed","customer_id":"c1",'
@@ -115,3 +118,18 @@ def test_too_many_attributes_are_rejected():
     with pytest.raises(InvalidEventError) as caught:
         decode_event(raw, ())
     assert caught.value.reason == "invalid_attributes"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[], {"a": 1}, [["e1", 1, 1700000000000, 5000000, None, ["pro", "eu"]]] * 3, "x" * 5000],
+)
+def test_compact_json_is_orjson_in_a_buffer_of_its_own_size(value):
+    assert compact_json(value) == orjson.dumps(value)
+    tracemalloc.start()
+    try:
+        kept = [compact_json(value) for _ in range(100)]
+        held = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert held < len(kept[0]) + 200, "each result holds about its own length"
