@@ -42,7 +42,7 @@ import base64
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -603,7 +603,7 @@ def by_partition(messages: list[Any]) -> list[list[Any]]:
 def bounded_runs(
     items: Iterable[T],
     size: Callable[[T], int],
-    customers: Callable[[T], Collection[str]],
+    customers: Callable[[T], set[str]],
     max_bytes: int,
     max_customers: int,
 ) -> Iterator[list[T]]:
@@ -615,7 +615,7 @@ def bounded_runs(
     run_customers: set[str] = set()
     for item in items:
         item_bytes = size(item)
-        item_customers = set(customers(item))
+        item_customers = customers(item)
         added = item_customers - run_customers
         over_bytes = run_bytes + item_bytes > max_bytes
         if run and (over_bytes or len(run_customers) + len(added) > max_customers):

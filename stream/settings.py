@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     customer_batch_max_customers: int = Field(
         default=16_384,
         ge=1,
-        description="... and up to this many distinct customers: each is read, recomputed "
-        "and written once per batch, and held in memory until then.",
+        description="The most distinct customers in one such batch: each is read, "
+        "recomputed and written once per batch, and held in memory until then.",
     )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."

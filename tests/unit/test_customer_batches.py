@@ -119,7 +119,7 @@ def test_runs_look_at_an_item_only_once_the_run_before_it_is_taken():
             looked.append(index)
             yield index
 
-    runs = bounded_runs(items(), lambda _: 1, lambda _: (), max_bytes=2, max_customers=10)
+    runs = bounded_runs(items(), lambda _: 1, lambda _: set(), max_bytes=2, max_customers=10)
     assert next(runs) == [0, 1]
     assert looked == [0, 1, 2]  # the item that did not fit, and no further
     assert list(runs) == [[2, 3]]
