@@ -62,7 +62,7 @@ from stream.aggregation import Aggregator, by_dimension
 from stream.alerting import Emitted, SpikeAlerts
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
-from stream.faust_consumer import prompt_fetches
+from stream.faust_consumer import use_worker_consumer
 from stream.ingest import Ingest
 from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
@@ -346,7 +346,7 @@ def _bound_producer_buffer(app: faust.App) -> None:
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Worker:
     app = _faust_app(settings)
-    prompt_fetches(app)
+    use_worker_consumer(app, aiokafka_options(settings))
     _bound_producer_buffer(app)
     metrics = Metrics.create(registry or CollectorRegistry())
     health = HealthMetrics.create(metrics.registry)

@@ -190,7 +190,6 @@ def test_bad_input_never_stops_the_worker_and_every_message_is_accounted_for(
         topic_prefix,
         broker.url,
         tmp_path,
-        producer_max_batch_size=16384,
         max_future_seconds=365 * 86400,
         max_segments=MAX_SEGMENTS,
     )

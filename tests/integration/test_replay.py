@@ -51,9 +51,7 @@ async def wait_for_counts(worker: WorkerProcess, consumed: int, timeout: float) 
 
 
 async def test_replaying_the_whole_input_changes_no_metric(broker, topic_prefix, tmp_path):
-    settings = reliability_settings(
-        topic_prefix, broker.url, tmp_path, producer_max_batch_size=16384
-    )
+    settings = reliability_settings(topic_prefix, broker.url, tmp_path)
     await create_topics(broker.bootstrap, standard_topics(settings))
     raw = simulated(customers=200, days=70, seed=21)
     expected = expected_records(raw)

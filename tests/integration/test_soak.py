@@ -124,7 +124,6 @@ async def test_ten_minutes_of_steady_traffic_keep_resources_flat(broker, topic_p
         topic_prefix,
         broker.url,
         tmp_path,
-        producer_max_batch_size=16384,
         emit_interval_seconds=1,
         retention_days=30,
     )
