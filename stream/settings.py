@@ -99,8 +99,7 @@ class Settings(BaseSettings):
         default=16384,
         ge=1,
         description="Bytes per producer batch of the faust producer (changelogs, deltas, "
-        "output); 1 = one record per batch (exact end offsets for recovery on the embedded "
-        "broker).",
+        "output); 1 = one record per batch (~5,000 records/s; recovery does not need it).",
     )
     retention_days: int | None = Field(
         default=None,
