@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     startup_timeout_seconds: float = Field(
         default=300, gt=0, description="Give up (exit non-zero) if Kafka is unreachable this long."
     )
+    stop_timeout_seconds: float = Field(
+        default=20,
+        gt=0,
+        description="A stop (on a signal or after a crash) taking longer than this ends the "
+        "worker with exit code 1; keep it below the orchestrator's grace period (30 s in "
+        "deploy/).",
+    )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         default=None, description="SASL mechanism; unset for no SASL."
     )

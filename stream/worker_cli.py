@@ -3,7 +3,8 @@
 Start-up: the worker first waits for Kafka (metadata request, retried with backoff and a
 clear log line) for at most `CHURN_STARTUP_TIMEOUT_SECONDS`, then starts faust — whose
 clients would otherwise give up at the first refused connection — and the ingest stage.
-Exit codes: 0 after a clean stop, 1 after a crash, 2 when Kafka stayed unreachable.
+Exit codes: 0 after a clean stop, 1 after a crash or a stop that outlasted
+`CHURN_STOP_TIMEOUT_SECONDS`, 2 when Kafka stayed unreachable.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from stream import local_state
 from stream.cli import add_settings_flags, settings_from
 from stream.kafka_config import aiokafka_options, describe
 from stream.settings import Settings
+from stream.stop_deadline import StopDeadline
 
 log = logging.getLogger("stream.worker")
 
@@ -103,10 +105,12 @@ def run_worker(settings: Settings) -> int:
     # less often, and never scan the objects that live as long as the process.
     gc.freeze()
     gc.set_threshold(20_000, 20, 50)
+    stop_deadline = StopDeadline(settings.stop_timeout_seconds, EXIT_CRASHED)
     faust_worker = SpinnerlessWorker(
         worker.app,
         loglevel=settings.log_level.upper(),
         redirect_stdouts=False,
+        stop_deadline=stop_deadline,
     )
     local_state.prepare(settings.data_dir, Path(worker.app.conf.tabledir))
     code = 0
@@ -116,6 +120,8 @@ def run_worker(settings: Settings) -> int:
         crashed = worker.app.crash_reason is not None or faust_worker.crash_reason is not None
         code = done.code if isinstance(done.code, int) else EXIT_CRASHED
         code = EXIT_CRASHED if crashed and code == 0 else code
+    finally:
+        stop_deadline.cancel()
     _note_stop(settings, code, worker.tables_acknowledged())
     return code
 
