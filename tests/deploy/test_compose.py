@@ -93,6 +93,16 @@ def test_long_running_services_have_healthchecks(service):
     assert SERVICES[service]["healthcheck"]["test"]
 
 
+def test_a_worker_stop_ends_by_itself_before_docker_kills_it():
+    worker = SERVICES["worker"]
+    grace = re.fullmatch(r"(\d+)s", worker["stop_grace_period"])
+    assert grace is not None
+    stop_timeout = float(
+        worker["environment"].get("CHURN_STOP_TIMEOUT_SECONDS", Settings().stop_timeout_seconds)
+    )
+    assert stop_timeout < int(grace.group(1))
+
+
 def test_kafka_is_a_single_kraft_node_of_the_official_image():
     kafka = SERVICES["kafka"]
     assert kafka["image"].startswith("apache/kafka:")

@@ -123,6 +123,14 @@ def test_the_configmap_holds_valid_settings_and_no_secret():
     assert all(key.removeprefix("CHURN_").lower() in Settings.model_fields for key in data)
 
 
+def test_a_stop_ends_by_itself_before_the_pod_is_killed():
+    data = _one("ConfigMap")["data"]
+    stop_timeout = float(data["CHURN_STOP_TIMEOUT_SECONDS"])
+    grace = _one("StatefulSet")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert stop_timeout == Settings().stop_timeout_seconds
+    assert stop_timeout < grace
+
+
 def test_the_sasl_password_comes_from_a_secret():
     (container,) = _one("StatefulSet")["spec"]["template"]["spec"]["containers"]
     env = {item["name"]: item for item in container["env"]}
