@@ -29,17 +29,14 @@ async def exact_end_offsets(
     consumer: AIOKafkaConsumer,
     partitions: Iterable[TopicPartition],
     timeout: float = FETCH_TIMEOUT_S,
-    beginnings: dict[TopicPartition, int] | None = None,
 ) -> dict[TopicPartition, int]:
     """Each partition's end offset: one past its last record, even where the broker
     reports less. `consumer` is a started consumer of no group; it is left assigned to the
     partitions read. A partition that serves nothing within `timeout` keeps the reported
-    end (logged). `beginnings`: the partitions' beginning offsets, if the caller has them
-    (saves a request)."""
+    end (logged)."""
     partitions = list(partitions)
     reported = await consumer.end_offsets(partitions)
-    if beginnings is None:
-        beginnings = await consumer.beginning_offsets(partitions)
+    beginnings = await consumer.beginning_offsets(partitions)
     nonempty = [tp for tp in partitions if reported[tp] > beginnings[tp]]
     ends = dict(reported)
     if not nonempty:

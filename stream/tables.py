@@ -231,8 +231,8 @@ class BulkTable(DurableTable):
         """Per changelog partition, the [first, end) offsets the store does not hold yet."""
         topic = self.changelog_topic_name
         tps = [TopicPartition(topic, partition) for partition in partitions]
+        ends = await exact_end_offsets(consumer, tps)
         beginnings = await consumer.beginning_offsets(tps)
-        ends = await exact_end_offsets(consumer, tps, beginnings=beginnings)
         ranges = {}
         for tp in tps:
             persisted = self.data.persisted_offset(TP(topic, tp.partition))
