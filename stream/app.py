@@ -676,7 +676,7 @@ async def _on_customer_batches(
         # may be half done (differences sent, histories not all written). Finish it.
         in_hand = {message.offset: _value(message) for message in messages}
         await _redo_customer_batch(worker, partition, record, in_hand, delta_topic)
-    fresh = [message for message in messages if done is None or message.offset > done]
+    fresh = fresh_in_offset_order(messages, done)
     if len(fresh) < len(messages):
         worker.health.redelivered.labels("customers").inc(len(messages) - len(fresh))
     if not fresh:
@@ -695,10 +695,20 @@ async def _on_customer_batches(
         worker.metrics.observe_latency("customers", message.timestamp)
 
 
+def fresh_in_offset_order(messages: list[Any], done: int | None) -> list[Any]:
+    """The messages of one partition after offset `done`, each offset once, in offset order.
+    After a takeover faust has handed a partition's messages over out of order in one take
+    (one ended with the first fresh offset after later ones); the read-back of what it
+    skipped and the batch's recorded range depend on this order."""
+    by_offset = {m.offset: m for m in messages if done is None or m.offset > done}
+    return [by_offset[offset] for offset in sorted(by_offset)]
+
+
 async def _with_skipped(
     worker: Worker, partition: int, start: int, batch: list[tuple[int, bytes]]
 ) -> list[tuple[int, bytes]]:
-    """`batch` with the messages from `start` on that the consumer skipped, read back."""
+    """`batch` (in offset order) with the messages from `start` on that the consumer
+    skipped, read back."""
     topic = worker.settings.customer_topic
     in_hand = dict(batch)
     last = batch[-1][0]
