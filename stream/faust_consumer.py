@@ -3,9 +3,10 @@
 * faust-streaming 0.15.3 creates its aiokafka consumer with `fetch_max_wait_ms=1500`,
   hard-coded. On the embedded broker a fetch that waits that long only sees a record
   produced meanwhile ~0.4 s late (measured: 0.38 s; on 2026-12-05 one hop's median was
-  133 ms with aiokafka's default 500 ms and 28 ms with 100 ms), and the worker has three faust-consumed hops (customer batches, segment deltas,
-  changelog recovery), so every event reached the output seconds late. The worker's
-  consumer waits `kafka_config.FETCH_MAX_WAIT_MS` instead (as the ingest stage's consumer).
+  133 ms with aiokafka's default 500 ms and 28 ms with 100 ms), and the worker has three
+  faust-consumed hops (customer batches, segment deltas, changelog recovery), so every
+  event reached the output seconds late. The worker's consumer waits
+  `kafka_config.FETCH_MAX_WAIT_MS` instead (as the ingest stage's consumer).
 * faust's table recovery reads each changelog partition up to the end offset the broker
   reports (`Consumer.highwaters`, used by nothing else). The embedded broker under-reports
   it after multi-record batches, so the worker's consumer answers with the end offsets

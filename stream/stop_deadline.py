@@ -3,10 +3,10 @@
 faust's stop can hang: once, after a crash, it waited forever in its final offset commit
 (`Consumer.wait_empty`), the worker holding its port and its partitions, and a SIGTERM did
 not help either. That cause is fixed (stream/faust_consumer.py commits nothing after a
-crash); this bound stays for any hang not known yet. A process that is stopping has nothing left to save that a restart does
-not redo (uncommitted input is read again; the local tables are restored from their
-changelog unless the stop was clean), so past the deadline it ends itself, from a thread,
-whatever the event loop is doing.
+crash); this bound stays for any hang not known yet. A process that is stopping has
+nothing left to save that a restart does not redo (uncommitted input is read again; the
+local tables are restored from their changelog unless the stop was clean), so past the
+deadline it ends itself, from a thread, whatever the event loop is doing.
 """
 
 from __future__ import annotations
