@@ -5,7 +5,9 @@ A producer sends `--rate` events/s in record batches every `--tick` seconds, spr
 grows, as the ingest stage does live. Every `--report-seconds` the script prints the
 broker's CPU share (from /proc/<pid>/stat) and the consumer's lag. README (Benchmark →
 Measured here) quotes what it showed: at a constant offered rate the broker's CPU climbs
-with the number of record batches stored, and only while someone fetches.
+with the number of record batches stored, and only while someone fetches. `--linger S`
+reads as the ingest stage does since 2026-12-05: once records arrive, it waits S seconds
+and reads what gathered; `--fetch-min-bytes` and `--fetch-max-wait-ms` set the consumer's.
 
     .venv/bin/python scripts/broker_fetch_probe.py --rate 20000 --tick 0.005 --seconds 60
 """
@@ -36,6 +38,9 @@ class Probe:
     partitions: int
     consumer: bool
     report_seconds: float
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 100
+    linger: float = 0.0
     topic: str = TOPIC
 
 
@@ -52,7 +57,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def consume(probe: Probe, bootstrap: str, progress: Progress) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=probe.fetch_max_wait_ms,
+        fetch_min_bytes=probe.fetch_min_bytes,
+    )
     await consumer.start()
     try:
         consumer.assign([TopicPartition(probe.topic, p) for p in range(probe.partitions)])
@@ -60,6 +69,12 @@ async def consume(probe: Probe, bootstrap: str, progress: Progress) -> None:
         while True:
             fetched = await consumer.getmany(timeout_ms=200, max_records=10_000)
             progress.consumed += sum(len(records) for records in fetched.values())
+            if probe.linger and fetched:
+                # as the ingest stage reads once it is at the end of its partitions
+                await asyncio.sleep(probe.linger)
+                for wait_ms in (0, probe.fetch_max_wait_ms):
+                    fetched = await consumer.getmany(timeout_ms=wait_ms, max_records=10_000)
+                    progress.consumed += sum(len(records) for records in fetched.values())
     finally:
         await consumer.stop()
 
@@ -119,6 +134,14 @@ def parse_args(argv: list[str] | None = None) -> Probe:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--no-consumer", action="store_true", help="produce only")
     parser.add_argument("--report-seconds", type=float, default=5.0)
+    parser.add_argument("--fetch-min-bytes", type=int, default=1)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=100)
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="once records arrive, wait this long, then read what gathered (0: read on)",
+    )
     args = parser.parse_args(argv)
     return Probe(
         args.rate,
@@ -127,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> Probe:
         args.partitions,
         not args.no_consumer,
         args.report_seconds,
+        args.fetch_min_bytes,
+        args.fetch_max_wait_ms,
+        args.linger,
     )
 
 

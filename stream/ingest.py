@@ -141,12 +141,23 @@ class Ingest:
         (an empty or idle partition must not hold the watermark back for ever)."""
         assert self._consumer is not None
         for tp in self._consumer.assignment():
-            if tp.partition in self._watermarks:
-                continue
-            highwater = self._consumer.highwater(tp)
-            if highwater is None or await self._consumer.position(tp) < highwater:
+            if tp.partition not in self._watermarks and not await self._read_to_end(tp):
                 return False
         return True
+
+    async def _caught_up(self) -> bool:
+        """Whether every assigned input partition is read to its end, as the last fetch
+        reported it."""
+        assert self._consumer is not None
+        for tp in self._consumer.assignment():
+            if not await self._read_to_end(tp):
+                return False
+        return True
+
+    async def _read_to_end(self, tp: TopicPartition) -> bool:
+        assert self._consumer is not None
+        highwater = self._consumer.highwater(tp)
+        return highwater is not None and await self._consumer.position(tp) >= highwater
 
     async def _start_clients(self) -> None:
         settings = self._settings
@@ -189,7 +200,8 @@ class Ingest:
         """Up to `batch_max_records` records: once some arrive, keep reading to fill the
         batch until `batch_linger_ms` after they started waiting (a live stream otherwise
         makes many tiny ones). Records that queued while the previous batch was processed
-        have waited since it was taken, so that time counts against the linger."""
+        have waited since it was taken, so that time counts against the linger. Once every
+        partition is read to its end, the rest of the linger is waited out."""
         assert self._consumer is not None
         limit = self._settings.batch_max_records
         batches = await self._consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=limit)
@@ -200,14 +212,39 @@ class Ingest:
         waiting_since = time.monotonic() if self._taken_at is None else self._taken_at
         deadline = waiting_since + self._settings.batch_linger_ms / 1000
         while count < limit and (remaining := deadline - time.monotonic()) > 0:
+            if await self._caught_up():
+                count += await self._read_after(remaining, batches, limit - count)
+                break
             more = await self._consumer.getmany(
                 timeout_ms=max(1, int(remaining * 1000)), max_records=limit - count
             )
-            for tp, messages in more.items():
-                batches.setdefault(tp, []).extend(messages)
-                count += len(messages)
+            count += self._extend(batches, more)
         self._taken_at = time.monotonic()
         return batches
+
+    async def _read_after(
+        self, seconds: float, batches: dict[TopicPartition, list[Any]], room: int
+    ) -> int:
+        """Add to `batches` what gathers at the broker in `seconds`, in one fetch rather
+        than one every few milliseconds: each fetch costs the broker a lookup in the
+        partition, and the embedded one lists all the partition's record batches."""
+        assert self._consumer is not None
+        await asyncio.sleep(seconds)
+        added = 0
+        # what the consumer fetched meanwhile, then the fetch that taking it starts
+        for timeout_ms in (0, FETCH_MAX_WAIT_MS):
+            if added < room:
+                more = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room - added)
+                added += self._extend(batches, more)
+        return added
+
+    @staticmethod
+    def _extend(
+        batches: dict[TopicPartition, list[Any]], more: Mapping[TopicPartition, list[Any]]
+    ) -> int:
+        for tp, messages in more.items():
+            batches.setdefault(tp, []).extend(messages)
+        return sum(len(messages) for messages in more.values())
 
     async def stop(self) -> None:
         for client in (self._consumer, self._producer):

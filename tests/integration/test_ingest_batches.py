@@ -1,10 +1,12 @@
 """How the ingest stage cuts the input into batches (`Ingest._read_batch`), on the broker:
 once input arrives it keeps reading for `CHURN_BATCH_LINGER_MS` to fill the batch, and a
-batch never holds more than `CHURN_BATCH_MAX_RECORDS`."""
+batch never holds more than `CHURN_BATCH_MAX_RECORDS`. Once it has read to the end of its
+partitions it waits out the linger and reads what gathered at once."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -13,7 +15,7 @@ from stream.broker import create_topics, standard_topics
 from stream.ingest import IDLE_POLL_MS, Ingest
 from stream.kafka_config import FETCH_MAX_WAIT_MS
 from stream.observability import Metrics
-from tests.integration.kafka_io import produce, reliability_settings, simulated
+from tests.integration.kafka_io import produce, produce_paced, reliability_settings, simulated
 
 
 def _count(batches: dict[Any, list[Any]]) -> int:
@@ -88,11 +90,15 @@ async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_aga
     raw = simulated(customers=20, days=30, seed=4)[:20]
     assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     polls: list[int] = []
+    first_records_at: list[float] = []
     read = consumer.getmany
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         polls.append(kwargs["timeout_ms"])
-        return await read(*args, **kwargs)
+        batches = await read(*args, **kwargs)
+        if batches and not first_records_at:
+            first_records_at.append(time.monotonic())
+        return batches
 
     consumer.getmany = counting
     try:
@@ -100,7 +106,8 @@ async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_aga
         first: dict[Any, list[Any]] = {}
         while not first:  # the group join comes first
             first = await asyncio.wait_for(ingest._read_batch(), 60)
-        assert any(timeout > IDLE_POLL_MS for timeout in polls), "the first batch lingered"
+        lingered = time.monotonic() - first_records_at[0]
+        assert lingered >= settings.batch_linger_ms / 1000 - 0.01, "the first batch lingered"
         # "processing" the first batch for longer than the linger; more input queues
         await produce(broker.bootstrap, settings.input_topic, raw[10:])
         await asyncio.sleep(2.5)
@@ -111,3 +118,46 @@ async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_aga
     assert _count(first) == 10
     assert _count(second) == 10
     assert polls == [IDLE_POLL_MS], "one poll: the queued records had waited out the linger"
+
+
+async def test_a_batch_read_to_the_end_waits_out_its_linger_then_reads_once(
+    broker, topic_prefix, tmp_path
+):
+    """Reading through the linger fetched every few milliseconds while records trickled
+    in, and each fetch costs the broker a lookup in the partition. Read to the end of its
+    partitions, the stage now waits out the linger and takes what gathered in one read,
+    so the batch still holds everything that arrived meanwhile."""
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 1000, 3000)
+    settings = ingest._settings
+    raw = simulated(customers=20, days=30, seed=5)[:15]
+    reads_with_records: list[int] = []
+    first_read = asyncio.Event()
+    read = consumer.getmany
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        batches = await read(*args, **kwargs)
+        if batches:
+            first_read.set()
+        if first_read.is_set():
+            reads_with_records.append(sum(len(messages) for messages in batches.values()))
+        return batches
+
+    consumer.getmany = counting
+
+    async def one_every_100_ms_once_the_first_five_are_read() -> None:
+        await first_read.wait()
+        await produce_paced(broker.bootstrap, settings.input_topic, raw[5:], 10, chunk=1)
+
+    try:
+        await produce(broker.bootstrap, settings.input_topic, raw[:5])
+        trickle = asyncio.ensure_future(one_every_100_ms_once_the_first_five_are_read())
+        batch: dict[Any, list[Any]] = {}
+        while not batch:  # the group join comes first
+            batch = await asyncio.wait_for(ingest._read_batch(), 60)
+        await trickle
+    finally:
+        await ingest.stop()
+    values = [m.value for messages in batch.values() for m in messages]
+    assert sorted(values) == sorted(raw), "everything that arrived during the linger"
+    # the read that found the first five, what was fetched meanwhile, the fresh fetch
+    assert len(reads_with_records) == 3, reads_with_records
