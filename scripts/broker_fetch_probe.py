@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream.bench import cpu_seconds
 from stream.broker import EmbeddedBroker, TopicSpec, create_topics
 
 TOPIC = "probe"
 VALUE = b'{"event_id":"probe","padding":"' + b"x" * 160 + b'"}'  # the size of an event
-_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,6 @@ class Probe:
 class Progress:
     sent: int = 0
     consumed: int = 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
 
 
 async def consume(probe: Probe, bootstrap: str, progress: Progress) -> None:

@@ -207,6 +207,9 @@ def stage_summary(buckets: Mapping[float, float]) -> dict[str, float | None]:
     }
 
 
+_CLOCK_TICKS_PER_SECOND: Final = os.sysconf("SC_CLK_TCK")
+
+
 def status_kb(status_text: str, name: str) -> int | None:
     """A `kB` field (VmHWM, VmRSS) of /proc/<pid>/status."""
     for line in status_text.splitlines():
@@ -214,6 +217,26 @@ def status_kb(status_text: str, name: str) -> int | None:
         if label == name:
             return int(rest.split()[0])
     return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_SECOND
+
+
+def cpu_shares(
+    before: Mapping[str, float | None], after: Mapping[str, float | None], seconds: float
+) -> dict[str, float | None]:
+    """Each process's CPU between two readings, as a share of one core."""
+    shares: dict[str, float | None] = {}
+    for name, end in after.items():
+        start = before.get(name)
+        if start is None or end is None or seconds <= 0:
+            shares[name] = None
+        else:
+            shares[name] = round((end - start) / seconds, 3)
+    return shares
 
 
 def crash_reason(log_text: str) -> str:
@@ -438,6 +461,8 @@ class Latency:
     rss_end_mb: float | None
     # The workers' own histograms over the load (README, Prometheus metrics): stage -> summary
     stages: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # process (worker-i, broker, bench) -> its CPU over the load, as a share of one core
+    cpu_shares: dict[str, float | None] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         achieved = self.produced / self.seconds if self.seconds > 0 else 0.0
@@ -454,6 +479,7 @@ class Latency:
             "rss_start_mb": _round(self.rss_start_mb, 1),
             "rss_end_mb": _round(self.rss_end_mb, 1),
             "stages": self.stages,
+            "cpu_shares": self.cpu_shares,
             "samples_seconds": [round(value, 3) for value in self.latencies],
         }
 
@@ -594,6 +620,8 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if latency and latency["rss_start_mb"] is not None and latency["rss_end_mb"] is not None:
         growth = f"{latency['rss_start_mb']:,.0f} -> {latency['rss_end_mb']:,.0f} MB"
         rows.append(("  RSS over the latency load", growth))
+    if latency and latency.get("cpu_shares"):
+        rows.append(("  CPU over the latency load", _cpu_text(latency["cpu_shares"])))
     if recovery is None:
         rows.append(("recovery (restart -> processing)", "skipped"))
     else:
@@ -604,6 +632,14 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if data.get("error"):
         rows.append(("FAILED", data["error"].splitlines()[0][:160]))
     return rows
+
+
+def _cpu_text(shares: Mapping[str, float | None]) -> str:
+    parts = [
+        f"{name} {'-' if share is None else f'{share * 100:.0f} %'}"
+        for name, share in shares.items()
+    ]
+    return ", ".join(parts) + " of a core"
 
 
 def _stages_text(stages: Mapping[str, Mapping[str, Any]]) -> str:
@@ -1102,11 +1138,24 @@ class Bench:
     tracker: MarkerTracker
     producer: AIOKafkaProducer
     marker_dimension: str
+    broker_pid: int | None = None  # the embedded broker's
 
     def check(self) -> None:
         self.follower.check()
         for worker in self.workers:
             worker.check_alive()
+
+    def cpu_readings(self) -> dict[str, float | None]:
+        """CPU seconds so far of each worker, the embedded broker and this process."""
+        pids: dict[str, int | None] = {f"worker-{i}": w.pid for i, w in enumerate(self.workers)}
+        pids |= {"broker": self.broker_pid, "bench": os.getpid()}
+        readings: dict[str, float | None] = {}
+        for name, pid in pids.items():
+            try:
+                readings[name] = None if pid is None else cpu_seconds(pid)
+            except OSError:
+                readings[name] = None
+        return readings
 
     async def send_marker(self) -> int:
         wall = time.time()
@@ -1289,8 +1338,10 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
     histograms_before = await latency_histograms(bench.workers)
     first = len(bench.tracker.sent)
     rss_start = _max_rss(bench.workers)
+    cpu_start = bench.cpu_readings()
     say(f"latency: offering {plan.rate:,.0f} events/s for {plan.latency_seconds:.0f}s")
     produced, seconds = await offer_load(bench, templates)
+    cpu = cpu_shares(cpu_start, bench.cpu_readings(), seconds)
     rss_end = _max_rss(bench.workers)
     deadline = time.monotonic() + plan.drain_seconds
     while bench.tracker.pending and time.monotonic() < deadline:
@@ -1308,6 +1359,7 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
         rss_start_mb=rss_start,
         rss_end_mb=rss_end,
         stages=stages,
+        cpu_shares=cpu,
     )
 
 
@@ -1420,6 +1472,7 @@ async def run_phases(
     workload: Workload | None,
     templates: list[Payload],
     result: BenchResult,
+    broker_pid: int | None = None,
 ) -> None:
     settings = all_settings[0]
     await create_topics(settings.bootstrap_servers, standard_topics(settings))
@@ -1437,7 +1490,9 @@ async def run_phases(
     await follower.start()
     work_dir = settings.data_dir.parent
     workers = [WorkerProcess(s, work_dir / f"worker-{i}.log") for i, s in enumerate(all_settings)]
-    bench = Bench(plan, settings, workers, follower, tracker, producer, settings.dimensions[0])
+    bench = Bench(
+        plan, settings, workers, follower, tracker, producer, settings.dimensions[0], broker_pid
+    )
     try:
         for worker in workers:
             worker.start()
@@ -1498,12 +1553,13 @@ def work_directory(plan: Plan, run_id: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def broker_url(explicit: str | None, work_dir: Path) -> Iterator[str]:
+def broker_url(explicit: str | None, work_dir: Path) -> Iterator[tuple[str, int | None]]:
+    """The broker's URL, and its process id when it is the embedded one."""
     if explicit:
-        yield explicit
+        yield explicit, None
         return
     with EmbeddedBroker(log_path=work_dir / "broker.log", silent=True) as broker:
-        yield broker.url
+        yield broker.url, broker.pid
 
 
 def bench(plan: Plan, base: Settings, explicit_broker: str | None) -> dict[str, Any]:
@@ -1517,14 +1573,17 @@ def bench(plan: Plan, base: Settings, explicit_broker: str | None) -> dict[str, 
     load_count = math.ceil(plan.rate * plan.latency_seconds) + 1 if plan.latency_seconds else 0
     templates = build_load(plan, base.partitions, load_count)
     run_id = uuid.uuid4().hex[:10]
-    with work_directory(plan, run_id) as work_dir, broker_url(explicit_broker, work_dir) as url:
+    with (
+        work_directory(plan, run_id) as work_dir,
+        broker_url(explicit_broker, work_dir) as (url, broker_pid),
+    ):
         settings = base.model_copy(update={"broker": url})
         all_settings = worker_settings(settings, run_id, work_dir / "data", plan.workers)
         result = BenchResult(
             setup=describe_setup(plan, settings, workload, url), machine=machine_info()
         )
         try:
-            asyncio.run(run_phases(plan, all_settings, workload, templates, result))
+            asyncio.run(run_phases(plan, all_settings, workload, templates, result, broker_pid))
         except BenchError as error:
             say(str(error))
             result.error = str(error)

@@ -73,6 +73,11 @@ def test_tiny_bench_writes_complete_results(tmp_path):
         assert summary["count"] > 0
         assert 0 <= summary["p50_seconds"] <= summary["p99_seconds"]
     assert "by stage p50 / p99" in done.stdout
+    shares = latency["cpu_shares"]  # the embedded broker's too: its pid is known
+    assert list(shares) == ["worker-0", "broker", "bench"]
+    assert all(share is not None and share >= 0 for share in shares.values()), shares
+    assert shares["worker-0"] > 0, shares  # (100 events/s barely moves the other two)
+    assert "CPU over the latency load" in done.stdout
     assert data["memory"]["peak_rss_mb"] > 0
 
     recovery = data["recovery"]

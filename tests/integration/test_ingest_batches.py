@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -39,34 +40,63 @@ async def started_ingest(
     return ingest, ingest._consumer
 
 
-async def test_a_batch_lingers_for_input_that_follows_but_never_exceeds_its_limit(
-    broker, topic_prefix, tmp_path
-):
-    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 25, 5000)
-    settings = ingest._settings
-    raw = simulated(customers=20, days=30, seed=3)[:40]
+def observe_reads(consumer: Any) -> tuple[asyncio.Event, list[int]]:
+    """Watch the real consumer's reads: an event set at the first records, and the number
+    of records of every read from then on."""
     first_read = asyncio.Event()
+    counts: list[int] = []
     read = consumer.getmany
 
     async def reading(*args: Any, **kwargs: Any) -> Any:
         batches = await read(*args, **kwargs)
         if batches:
             first_read.set()
+        if first_read.is_set():
+            counts.append(_count(batches))
         return batches
 
-    consumer.getmany = reading  # the real consumer, observed
+    consumer.getmany = reading
+    return first_read, counts
 
-    async def the_rest_once_the_first_ten_are_read() -> None:
+
+async def first_batch(
+    ingest: Ingest,
+    broker: Any,
+    head: list[bytes],
+    first_read: asyncio.Event,
+    then: Coroutine[Any, Any, Any],
+) -> dict[Any, list[Any]]:
+    """Produce `head` and, once the stage has read some of it, run `then`; returns the
+    stage's first batch (the group join comes first)."""
+    await produce(broker.bootstrap, ingest._settings.input_topic, head)
+
+    async def following() -> None:
         await first_read.wait()
-        await produce(broker.bootstrap, settings.input_topic, raw[10:])
+        await then
 
+    follower = asyncio.ensure_future(following())
+    batch: dict[Any, list[Any]] = {}
+    while not batch:
+        batch = await asyncio.wait_for(ingest._read_batch(), 60)
+    await follower
+    return batch
+
+
+async def test_a_batch_lingers_for_input_that_follows_but_never_exceeds_its_limit(
+    broker, topic_prefix, tmp_path
+):
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 25, 5000)
+    settings = ingest._settings
+    raw = simulated(customers=20, days=30, seed=3)[:40]
+    first_read, _ = observe_reads(consumer)
     try:
-        await produce(broker.bootstrap, settings.input_topic, raw[:10])
-        following = asyncio.ensure_future(the_rest_once_the_first_ten_are_read())
-        batch: dict[Any, list[Any]] = {}
-        while not batch:  # the group join comes first
-            batch = await asyncio.wait_for(ingest._read_batch(), 60)
-        await following
+        batch = await first_batch(
+            ingest,
+            broker,
+            raw[:10],
+            first_read,
+            produce(broker.bootstrap, settings.input_topic, raw[10:]),
+        )
         rest: dict[Any, list[Any]] = {}
         while _count(rest) < len(raw) - 25:
             more = await asyncio.wait_for(ingest._read_batch(), 60)
@@ -130,34 +160,15 @@ async def test_a_batch_read_to_the_end_waits_out_its_linger_then_reads_once(
     ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 1000, 3000)
     settings = ingest._settings
     raw = simulated(customers=20, days=30, seed=5)[:15]
-    reads_with_records: list[int] = []
-    first_read = asyncio.Event()
-    read = consumer.getmany
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        batches = await read(*args, **kwargs)
-        if batches:
-            first_read.set()
-        if first_read.is_set():
-            reads_with_records.append(sum(len(messages) for messages in batches.values()))
-        return batches
-
-    consumer.getmany = counting
-
-    async def one_every_100_ms_once_the_first_five_are_read() -> None:
-        await first_read.wait()
-        await produce_paced(broker.bootstrap, settings.input_topic, raw[5:], 10, chunk=1)
-
+    first_read, reads = observe_reads(consumer)
     try:
-        await produce(broker.bootstrap, settings.input_topic, raw[:5])
-        trickle = asyncio.ensure_future(one_every_100_ms_once_the_first_five_are_read())
-        batch: dict[Any, list[Any]] = {}
-        while not batch:  # the group join comes first
-            batch = await asyncio.wait_for(ingest._read_batch(), 60)
-        await trickle
+        one_every_100_ms = produce_paced(
+            broker.bootstrap, settings.input_topic, raw[5:], 10, chunk=1
+        )
+        batch = await first_batch(ingest, broker, raw[:5], first_read, one_every_100_ms)
     finally:
         await ingest.stop()
     values = [m.value for messages in batch.values() for m in messages]
     assert sorted(values) == sorted(raw), "everything that arrived during the linger"
     # the read that found the first five, what was fetched meanwhile, the fresh fetch
-    assert len(reads_with_records) == 3, reads_with_records
+    assert len(reads) == 3, reads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -463,3 +464,42 @@ def test_the_table_shows_the_stages_when_measured():
     assert "by stage p50 / p99" in table
     assert "ingest 1.50 s / 1.99 s, flush 0.50 s / 0.99 s" in table
     assert "by stage" not in bench.format_table(bench.result_json(_result()))
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "seconds", "expected"),
+    [
+        ({"broker": 10.0}, {"broker": 25.0}, 30.0, {"broker": 0.5}),
+        (
+            {"worker-0": 1.0, "bench": 2.0},
+            {"worker-0": 3.0, "bench": 2.5},
+            2.0,
+            {"worker-0": 1.0, "bench": 0.25},
+        ),
+        ({"broker": None}, {"broker": 3.0}, 10.0, {"broker": None}),  # no embedded broker
+        ({"worker-0": 1.0}, {"worker-0": None}, 10.0, {"worker-0": None}),  # gone meanwhile
+        ({}, {"worker-1": 4.0}, 10.0, {"worker-1": None}),
+        ({"bench": 1.0}, {"bench": 2.0}, 0.0, {"bench": None}),
+    ],
+)
+def test_cpu_shares_are_cpu_seconds_per_second_of_the_load(before, after, seconds, expected):
+    assert bench.cpu_shares(before, after, seconds) == expected
+
+
+def test_cpu_seconds_of_this_process_grow_with_work():
+    start = bench.cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert bench.cpu_seconds(os.getpid()) > start >= 0
+    with pytest.raises(OSError):
+        bench.cpu_seconds(2**22 + 1)  # above Linux's pid_max: no such process
+
+
+def test_the_table_shows_each_process_cpu_over_the_latency_load():
+    result = _result()
+    result.latency.cpu_shares = {"worker-0": 0.553, "broker": 0.48, "bench": None}
+    data = bench.result_json(result)
+    assert data["latency"]["cpu_shares"] == {"worker-0": 0.553, "broker": 0.48, "bench": None}
+    table = bench.format_table(data)
+    assert "CPU over the latency load" in table
+    assert "worker-0 55 %, broker 48 %, bench - of a core" in table
+    assert "CPU over" not in bench.format_table(bench.result_json(_result()))
