@@ -63,6 +63,7 @@ from stream.alerting import Emitted, SpikeAlerts
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
 from stream.faust_consumer import use_worker_consumer
+from stream.gc_schedule import GC_INTERVAL_SECONDS, Collector
 from stream.ingest import Ingest
 from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
@@ -496,6 +497,12 @@ def _wire(worker: Worker) -> None:
     async def tick() -> None:
         for partition in _assigned(app, settings.delta_topic):
             await send_tick(partition)
+
+    collector = Collector()
+
+    @app.timer(GC_INTERVAL_SECONDS)
+    async def collect_garbage() -> None:
+        collector.collect()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's handler type
     async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Final
 
 from stream import local_state
 from stream.cli import add_settings_flags, settings_from
+from stream.gc_schedule import collect_on_schedule
 from stream.kafka_config import aiokafka_options, describe
 from stream.settings import Settings
 from stream.stop_deadline import StopDeadline
@@ -101,10 +101,7 @@ def run_worker(settings: Settings) -> int:
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = create_app(settings)
-    # The hot path allocates many short-lived containers: collect the young generation
-    # less often, and never scan the objects that live as long as the process.
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 50)
+    collect_on_schedule()  # the app's `collect_garbage` timer collects
     stop_deadline = StopDeadline(settings.stop_timeout_seconds, EXIT_CRASHED)
     faust_worker = SpinnerlessWorker(
         worker.app,
