@@ -55,7 +55,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     ProcessCollector,
-    generate_latest,
 )
 
 from stream.aggregation import Aggregator, by_dimension
@@ -67,7 +66,7 @@ from stream.gc_schedule import GC_INTERVAL_SECONDS, Collector
 from stream.ingest import Ingest
 from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
-from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector
+from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector, exposition
 from stream.records import encode_record
 from stream.routing import Decoded, decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
@@ -525,10 +524,16 @@ def _wire(worker: Worker) -> None:
 
     class MetricsPage(View):
         async def get(self, request: Request) -> Response:
-            body = generate_latest(worker.metrics.registry)
+            body = exposition(worker.metrics.registry, _requested_names(request))
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     app.page("/metrics")(MetricsPage)
+
+
+def _requested_names(request: Request) -> list[str]:
+    """The `name[]` query parameters of a /metrics request (the key repeats)."""
+    query: Any = request.query  # aiohttp's MultiDictProxy; faust types it as a Mapping
+    return list(query.getall("name[]", []))
 
 
 class SupersededError(Exception):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -86,6 +86,33 @@ _WINDOW_GAUGES = {
 _WINDOW_LABELS = ("window", "dimension", "segment")
 
 
+def exposition(registry: CollectorRegistry, names: Sequence[str] = ()) -> bytes:
+    """The registry in the text format; with `names` (the `name[]` query parameters that
+    prometheus_client's own handlers take), only those samples. Collectors whose names are
+    not asked for are not run: a few counters then cost no rendering of every segment's
+    gauges (the benchmark reads its progress so, once a second)."""
+    return generate_latest(registry.restricted_registry(names) if names else registry)
+
+
+def _window_families() -> tuple[dict[str, GaugeMetricFamily], GaugeMetricFamily, GaugeMetricFamily]:
+    """Empty families of `WindowCollector`: the window gauges, active customers, spikes."""
+    families = {
+        name: GaugeMetricFamily(name, help_text, labels=_WINDOW_LABELS)
+        for name, (help_text, _) in _WINDOW_GAUGES.items()
+    }
+    active = GaugeMetricFamily(
+        "churn_active_customers",
+        "Customers active now (end of the open day window), by segment.",
+        labels=("dimension", "segment"),
+    )
+    spikes = GaugeMetricFamily(
+        "churn_spike_score",
+        "How abnormal the latest day's churn is against its own baseline (z-like).",
+        labels=_WINDOW_LABELS,
+    )
+    return families, active, spikes
+
+
 class WindowCollector(Collector):
     """Gauges of the open window of every kind, read from the aggregator per scrape."""
 
@@ -100,25 +127,15 @@ class WindowCollector(Collector):
         self._published = published  # False while a dimension's counts are being restored
 
     def describe(self) -> list[Metric]:
-        return []
+        """The families without samples: their names let a scrape restricted to other
+        names (`/metrics?name[]=...`) skip rendering every segment's gauges."""
+        families, active, spikes = _window_families()
+        return [*families.values(), active, spikes]
 
     def collect(self) -> Iterator[Metric]:
-        families = {
-            name: GaugeMetricFamily(name, help_text, labels=_WINDOW_LABELS)
-            for name, (help_text, _) in _WINDOW_GAUGES.items()
-        }
-        spikes = GaugeMetricFamily(
-            "churn_spike_score",
-            "How abnormal the latest day's churn is against its own baseline (z-like).",
-            labels=_WINDOW_LABELS,
-        )
+        families, active, spikes = _window_families()
         for window, dimension, segment, score in self._spike_scores():
             spikes.add_metric([window, dimension, segment], score)
-        active = GaugeMetricFamily(
-            "churn_active_customers",
-            "Customers active now (end of the open day window), by segment.",
-            labels=("dimension", "segment"),
-        )
         aggregator = self._aggregator()
         if aggregator is not None:
             for dimension in filter(self._published, aggregator.dimensions()):
@@ -301,6 +318,12 @@ class HealthMetrics:
             self.assigned.labels(topic, str(partition)).set(1)
 
 
+def _table_keys_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "churn_table_keys", "Keys held in each table of this worker.", labels=["table"]
+    )
+
+
 class TableSizes(Collector):
     """`churn_table_keys{table}`: keys per table, bookkeeping keys excluded. Memory store
     only: counting a RocksDB table would mean iterating it."""
@@ -310,12 +333,10 @@ class TableSizes(Collector):
         self._reserved_keys = list(reserved_keys)
 
     def describe(self) -> list[Metric]:
-        return []
+        return [_table_keys_family()]
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "churn_table_keys", "Keys held in each table of this worker.", labels=["table"]
-        )
+        family = _table_keys_family()
         for name, table in self._tables.items():
             keys = getattr(table.data, "data", None)
             if isinstance(keys, dict):

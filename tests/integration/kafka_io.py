@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
@@ -230,8 +231,11 @@ class WorkerProcess:
     def metrics_url(self) -> str:
         return f"http://{self.settings.metrics_host}:{self.settings.metrics_port}/metrics"
 
-    def scrape(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+    def scrape(self, names: Sequence[str] = ()) -> str:
+        """The worker's /metrics; with `names`, asked for only those samples."""
+        query = urllib.parse.urlencode([("name[]", name) for name in names])
+        url = f"{self.metrics_url}?{query}" if query else self.metrics_url
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.read().decode()
 
     async def wait_for_metrics(self, timeout: float = 60) -> None:
@@ -295,6 +299,16 @@ def sample_value(metrics_text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def sample_names(metrics_text: str) -> set[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.name
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+    }
 
 
 def sample_sum(metrics_text: str, name: str) -> float:

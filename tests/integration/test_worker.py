@@ -20,6 +20,8 @@ from tests.integration.kafka_io import (
     WorkerProcess,
     produce,
     read_all,
+    sample_names,
+    sample_sum,
     sample_value,
 )
 
@@ -106,9 +108,15 @@ async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix,
             )
             assert converged, differences(output.latest, expected)[:20]
         metrics = worker.scrape()
+        applied = worker.scrape(["churn_applied_events_total", "churn_events_total"])
         worker.assert_running()
     finally:
         worker.stop()
+
+    # a restricted scrape: only the samples asked for, the same values
+    assert sample_names(applied) == {"churn_applied_events_total", "churn_events_total"}
+    for name in sample_names(applied):
+        assert sample_sum(applied, name) == sample_sum(metrics, name) > 0, name
 
     open_month = max(
         (r for r in expected.values() if r["window"] == "month" and r["dimension"] == "all"),
