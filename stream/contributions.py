@@ -37,9 +37,10 @@ def contribution(timeline: Timeline, i0: int, i1: int) -> Contribution | None:
     """The customer's counts for a window with i0 steps before its start and i1 before its
     end, and the segment they go to (README, Segments: the segment at the window's
     reference instant); None if the customer takes no part in the window. Memoised."""
-    value = timeline.values.get((i0, i1), _MISSING)
+    key = i0 * (len(timeline.steps) + 1) + i1  # an int: no tuple to build and hash
+    value = timeline.values.get(key, _MISSING)
     if value is _MISSING:
-        value = timeline.values[(i0, i1)] = _evaluate(timeline, i0, i1)
+        value = timeline.values[key] = _evaluate(timeline, i0, i1)
     return value  # type: ignore[return-value]
 
 
@@ -104,40 +105,69 @@ def window_contribution(timeline: Timeline, start: int, end: int) -> Contributio
     return contribution(timeline, i0, bisect_left(timeline.times, end, i0))
 
 
+# (window kind name, segment) -> window index -> the contributions added (or subtracted)
+Side = dict[tuple[str, Segment], dict[int, list[Counts]]]
+
+
 class DeltaSums:
     """Differences being added up over many customers: per key the contributions added
     and those subtracted, summed once at the end (appending is much cheaper than adding
-    18-tuples one at a time)."""
+    18-tuples one at a time). Kept per (kind, segment), then per window index: a customer's
+    successive differences mostly share their kind and segment, so the emitter looks
+    those up once and then only the index."""
 
     __slots__ = ("minus", "plus")
 
     def __init__(self) -> None:
-        self.plus: dict[DeltaKey, list[Counts]] = {}
-        self.minus: dict[DeltaKey, list[Counts]] = {}
+        self.plus: Side = {}
+        self.minus: Side = {}
 
     def add(self, key: DeltaKey, counts: Counts, sign: int = 1) -> None:
-        side = self.plus if sign > 0 else self.minus
-        found = side.get(key)
-        if found is None:
-            side[key] = [counts]
-        else:
-            found.append(counts)
+        name, k, segment = key
+        _append(_by_index(self.plus if sign > 0 else self.minus, name, segment), k, counts)
 
     def totals(self) -> Deltas:
         """The non-zero sums."""
         totals: Deltas = {}
-        minus = self.minus
-        for key, added in self.plus.items():
-            total = _column_sums(added, minus.get(key))
-            if total is not None:
-                totals[key] = total
-        plus = self.plus
-        for key, subtracted in minus.items():
-            if key not in plus:
-                total = _column_sums(None, subtracted)
-                if total is not None:
-                    totals[key] = total
+        for pair, plus_by_index in self.plus.items():
+            minus_of_pair = self.minus.get(pair)
+            for k, added in plus_by_index.items():
+                subtracted = None if minus_of_pair is None else minus_of_pair.get(k)
+                _put_total(totals, pair, k, added, subtracted)
+        for pair, minus_by_index in self.minus.items():
+            plus_of_pair = self.plus.get(pair)
+            for k, subtracted in minus_by_index.items():
+                if plus_of_pair is None or k not in plus_of_pair:
+                    _put_total(totals, pair, k, None, subtracted)
         return totals
+
+
+def _by_index(side: Side, name: str, segment: Segment) -> dict[int, list[Counts]]:
+    pair = (name, segment)
+    found = side.get(pair)
+    if found is None:
+        found = side[pair] = {}
+    return found
+
+
+def _append(by_index: dict[int, list[Counts]], k: int, counts: Counts) -> None:
+    found = by_index.get(k)
+    if found is None:
+        by_index[k] = [counts]
+    else:
+        found.append(counts)
+
+
+def _put_total(
+    totals: Deltas,
+    pair: tuple[str, Segment],
+    k: int,
+    added: list[Counts] | None,
+    subtracted: list[Counts] | None,
+) -> None:
+    total = _column_sums(added, subtracted)
+    if total is not None:
+        totals[(pair[0], k, pair[1])] = total
 
 
 def _column_sums(added: list[Counts] | None, subtracted: list[Counts] | None) -> Counts | None:
@@ -203,7 +233,17 @@ class _Emitter:
     """Turns the contributions of the old and the new timeline at successive candidate
     windows into (new difference array - old difference array), added into `into`."""
 
-    __slots__ = ("into", "minus", "name", "plus", "previous_new", "previous_old", "same")
+    __slots__ = (
+        "minus",
+        "minus_by_index",
+        "name",
+        "plus",
+        "plus_by_index",
+        "previous_new",
+        "previous_old",
+        "same",
+        "segment",
+    )
 
     def __init__(self, name: str, into: DeltaSums) -> None:
         self.name = name
@@ -212,6 +252,10 @@ class _Emitter:
         self.previous_old: Contribution | None = None
         self.previous_new: Contribution | None = None
         self.same = True  # the two arrays agree up to here
+        # the segment last put, and its differences by window index (looked up once)
+        self.segment: Segment | None = None
+        self.plus_by_index: dict[int, list[Counts]] | None = None
+        self.minus_by_index: dict[int, list[Counts]] | None = None
 
     def at(self, k: int, old: Contribution | None, new: Contribution | None) -> None:
         previous_old, previous_new = self.previous_old, self.previous_new
@@ -222,31 +266,38 @@ class _Emitter:
                 return
             # the change at k is new - old
             if new is not None:
-                self._put(self.plus, k, new)
+                self._put(True, k, new)
             if old is not None:
-                self._put(self.minus, k, old)
+                self._put(False, k, old)
         else:
             # (new(k) - new(previous)) + (old(previous) - old(k))
             if new is not previous_new:
                 if new is not None:
-                    self._put(self.plus, k, new)
+                    self._put(True, k, new)
                 if previous_new is not None:
-                    self._put(self.minus, k, previous_new)
+                    self._put(False, k, previous_new)
             if old is not previous_old:
                 if previous_old is not None:
-                    self._put(self.plus, k, previous_old)
+                    self._put(True, k, previous_old)
                 if old is not None:
-                    self._put(self.minus, k, old)
+                    self._put(False, k, old)
         self.previous_old, self.previous_new = old, new
         self.same = new is old or new == old
 
-    def _put(self, side: dict[DeltaKey, list[Counts]], k: int, value: Contribution) -> None:
-        key = (self.name, k, value[0])
-        found = side.get(key)
-        if found is None:
-            side[key] = [value[1]]
+    def _put(self, plus: bool, k: int, value: Contribution) -> None:
+        segment = value[0]
+        if segment != self.segment:
+            self.segment = segment
+            self.plus_by_index = self.minus_by_index = None
+        if plus:
+            by_index = self.plus_by_index
+            if by_index is None:
+                by_index = self.plus_by_index = _by_index(self.plus, self.name, segment)
         else:
-            found.append(value[1])
+            by_index = self.minus_by_index
+            if by_index is None:
+                by_index = self.minus_by_index = _by_index(self.minus, self.name, segment)
+        _append(by_index, k, value[1])
 
 
 def _calendar_change(

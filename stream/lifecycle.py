@@ -103,7 +103,8 @@ class Timeline:
         # (README, Guarantees: the fold margin), so only a step can make a customer new.
         self.first_activation_index = first_activation_index
         self.purchases_folded = 0 if base is None else base.purchases
-        self.values: dict[tuple[int, int], Any] = {}  # (i0, i1) -> contribution, memoised
+        # i0 * (len(steps) + 1) + i1 -> the contribution of (i0, i1), memoised
+        self.values: dict[int, Any] = {}
         self.calendar: dict[Any, list[int]] = {}  # window kind -> window index of each step
 
     @property
