@@ -80,19 +80,30 @@ def _never_matters(event: LifecycleEvent, activity_mode: bool) -> bool:
     )
 
 
-@dataclass(slots=True)
 class History:
     """A customer's stored history: the events that may matter (as rows without the
     customer id), the ids and times of the rest, the watermark its contributions were last
     computed with, and the base that retention folded older events into.
 
-    Stored as one JSON array; `rows` stay undecoded until an event that matters arrives."""
+    Stored as one JSON array; `rows` stay undecoded until an event that matters arrives.
+    A plain class, not a dataclass: compiled, a dataclass's generated `__init__` stays an
+    interpreted function, called several times per customer and batch."""
 
-    rows: list[list[Any]]
-    bare_ids: list[str]
-    bare_times: list[int]
-    watermark_ms: int | None
-    base: Base | None = None
+    __slots__ = ("bare_ids", "bare_times", "base", "rows", "watermark_ms")
+
+    def __init__(
+        self,
+        rows: list[list[Any]],
+        bare_ids: list[str],
+        bare_times: list[int],
+        watermark_ms: int | None,
+        base: Base | None = None,
+    ) -> None:
+        self.rows = rows
+        self.bare_ids = bare_ids
+        self.bare_times = bare_times
+        self.watermark_ms = watermark_ms
+        self.base = base
 
     @classmethod
     def decode(cls, stored: bytes | None) -> History:
