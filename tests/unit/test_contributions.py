@@ -104,6 +104,7 @@ KEY = ("month", 672, ("pro",))
         ([], [counts(1, 2)], {KEY: counts(-1, -2)}),
         ([counts(1, 2), counts(3, 4)], [counts(1, 1)], {KEY: counts(3, 5)}),
         ([counts(1, 2)], [counts(1, 2)], {}),  # cancelled: not sent
+        ([counts()], [], {}),  # a lone contribution of zeros: not sent either
         ([counts(5), counts(-5)], [], {}),
         ([counts(BIG, -BIG), counts(BIG, -BIG)], [], {KEY: counts(2 * BIG, -2 * BIG)}),
         ([counts(*range(1, WIDTH + 1))], [counts(*range(WIDTH))], {KEY: counts(*[1] * WIDTH)}),
