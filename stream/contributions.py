@@ -105,6 +105,8 @@ def window_contribution(timeline: Timeline, start: int, end: int) -> Contributio
     return contribution(timeline, i0, bisect_left(timeline.times, end, i0))
 
 
+assert WIDTH == 18, "_column_sums is written out over the 18 count fields"
+
 # (window kind name, segment) -> window index -> the contributions added (or subtracted)
 Side = dict[tuple[str, Segment], dict[int, list[Counts]]]
 
@@ -173,19 +175,53 @@ def _put_total(
 def _column_sums(added: list[Counts] | None, subtracted: list[Counts] | None) -> Counts | None:
     """sum(added) - sum(subtracted), field by field; None if every field is 0.
 
-    One field at a time into a local: compiled, that adds machine-sized ints in place,
-    where zip/map/sum or a list of running sums box every intermediate value."""
-    added = added or []
-    subtracted = subtracted or []
-    sums: list[int] = []
-    for i in range(WIDTH):
-        total = 0
-        for counts in added:
-            total += counts[i]
-        for counts in subtracted:
-            total -= counts[i]
-        sums.append(total)
-    return tuple(sums) if any(sums) else None
+    Written out over the WIDTH (18) fields, into locals: compiled, that adds machine-sized
+    ints in place and reads each tuple once. A loop over the fields read every tuple 18
+    times (1.7-2x slower with 3 to 400 tuples); zip/map/sum box every intermediate value."""
+    f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = f8 = 0
+    f9 = f10 = f11 = f12 = f13 = f14 = f15 = f16 = f17 = 0
+    if added is not None:
+        for c in added:
+            f0 += c[0]
+            f1 += c[1]
+            f2 += c[2]
+            f3 += c[3]
+            f4 += c[4]
+            f5 += c[5]
+            f6 += c[6]
+            f7 += c[7]
+            f8 += c[8]
+            f9 += c[9]
+            f10 += c[10]
+            f11 += c[11]
+            f12 += c[12]
+            f13 += c[13]
+            f14 += c[14]
+            f15 += c[15]
+            f16 += c[16]
+            f17 += c[17]
+    if subtracted is not None:
+        for c in subtracted:
+            f0 -= c[0]
+            f1 -= c[1]
+            f2 -= c[2]
+            f3 -= c[3]
+            f4 -= c[4]
+            f5 -= c[5]
+            f6 -= c[6]
+            f7 -= c[7]
+            f8 -= c[8]
+            f9 -= c[9]
+            f10 -= c[10]
+            f11 -= c[11]
+            f12 -= c[12]
+            f13 -= c[13]
+            f14 -= c[14]
+            f15 -= c[15]
+            f16 -= c[16]
+            f17 -= c[17]
+    sums = (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17)
+    return sums if any(sums) else None
 
 
 def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]:

@@ -117,3 +117,23 @@ def test_delta_sums_add_up_field_by_field(added, subtracted, expected):
     for value in subtracted:
         sums.add(KEY, value, sign=-1)
     assert sums.totals() == expected
+
+
+_count_tuples = st.lists(
+    st.tuples(*[st.integers(-(2**63), 2**63) for _ in range(WIDTH)]), max_size=6
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(added=_count_tuples, subtracted=_count_tuples)
+def test_delta_sums_equal_summing_each_field(added, subtracted):
+    sums = DeltaSums()
+    for value in added:
+        sums.add(KEY, value)
+    for value in subtracted:
+        sums.add(KEY, value, sign=-1)
+    total = tuple(
+        sum(value[i] for value in added) - sum(value[i] for value in subtracted)
+        for i in range(WIDTH)
+    )
+    assert sums.totals() == ({KEY: total} if any(total) else {})
