@@ -1,7 +1,7 @@
 """The customer stage alone, in-process: CPU per event of `CustomerStage.apply_batch`.
 
 Simulates events as `churn-stream bench` does (one customer per 10 events, a year of
-history, 10 % churn, 2 % duplicates, 2 % out of order), decodes
+history unless --days, 10 % churn, 2 % duplicates, 2 % out of order), decodes
 them (not timed), splits them into ingest batches of `--batch` records and those into
 `--partitions` internal partitions as the ingest stage does, and applies every customer
 batch with a dict as store. Prints the CPU time of the applies per event, whether the
@@ -34,11 +34,13 @@ from stream.simulator import SimulationConfig, generate_events
 DIMENSIONS = ("plan", "region")
 
 
-def simulated_events(count: int, customers_count: int, seed: int) -> list[LifecycleEvent]:
+def simulated_events(
+    count: int, customers_count: int, seed: int, days: int = 365
+) -> list[LifecycleEvent]:
     config = SimulationConfig(
         customers=customers_count,
-        start=datetime.now(UTC).date() - timedelta(days=365),
-        days=365,
+        start=datetime.now(UTC).date() - timedelta(days=days),
+        days=days,
         seed=seed,
         churn_probability=0.1,
         duplicate_fraction=0.02,
@@ -72,7 +74,7 @@ def digest(totals: dict[DeltaKey, Counts]) -> str:
 
 
 def run(arguments: argparse.Namespace) -> str:
-    events = simulated_events(arguments.events, arguments.customers, arguments.seed)
+    events = simulated_events(arguments.events, arguments.customers, arguments.seed, arguments.days)
     batches = customer_batches(events, arguments.batch, arguments.partitions)
     stage = CustomerStage({}, DIMENSIONS, None)
     totals: dict[DeltaKey, Counts] = {}
@@ -99,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=5000, help="ingest batch (records)")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--days", type=int, default=365, help="history simulated (the bench sizes its own)"
+    )
     arguments = parser.parse_args(argv)
     arguments.customers = arguments.customers or max(1, arguments.events // 10)
     print(run(arguments))

@@ -32,3 +32,7 @@ def test_the_digest_is_the_same_whatever_the_batching(capsys):
 
 def test_other_events_give_another_digest(capsys):
     assert _report(capsys, "--seed", "1")[4] != _report(capsys, "--seed", "2")[4]
+
+
+def test_a_shorter_history_gives_another_digest(capsys):
+    assert _report(capsys, "--days", "27")[4] != _report(capsys)[4]
