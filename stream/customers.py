@@ -191,12 +191,18 @@ class CustomerStage:
             base,
         )
 
+    def _bare_times(self, old: History, bare: list[LifecycleEvent]) -> list[int]:
+        """Only retention reads a bare event's time. Without it the times would be about
+        half the bytes of the bare events in a history, which is rewritten (and sent to
+        the changelog) for every batch that brings the customer an event."""
+        if self._retention_ms is None or not bare:
+            return old.bare_times
+        return old.bare_times + [e.time_ms for e in bare]
+
     def _store_history(self, customer_id: str, history: History) -> None:
         kept = self._pruned(customer_id, history)
         if self._retention_ms is None and kept.bare_times:
-            # Only retention reads a bare event's time. Without it the times are about half
-            # the bytes of the bare events in a history, which is rewritten (and sent to
-            # the changelog) for every batch that brings the customer an event.
+            # Stored while retention was on (or by a version that always kept the times).
             kept = History(kept.rows, kept.bare_ids, [], kept.watermark_ms, kept.base)
         self._store[customer_id] = kept.encode()
 
@@ -282,8 +288,8 @@ class CustomerStage:
         )
         new = History(
             old.rows,
-            old.bare_ids + [e.event_id for e in bare],
-            old.bare_times + [e.time_ms for e in bare],
+            old.bare_ids + [e.event_id for e in bare] if bare else old.bare_ids,
+            self._bare_times(old, bare),
             old.watermark_ms,
             old.base,
         )
