@@ -201,8 +201,12 @@ class Ingest:
         batch until `batch_linger_ms` after they started waiting (a live stream otherwise
         makes many tiny ones). Records that queued while the previous batch was processed
         have waited since it was taken, so that time counts against the linger. Once every
-        partition is read to its end, the rest of the linger is waited out."""
+        partition is read to its end, fetching pauses for the rest of the linger, and what
+        gathered meanwhile comes in one fetch (see `_pause`)."""
         assert self._consumer is not None
+        linger_s = self._settings.batch_linger_ms / 1000
+        if self._taken_at is not None:
+            await self._resume_at(self._taken_at + linger_s)
         limit = self._settings.batch_max_records
         batches = await self._consumer.getmany(timeout_ms=IDLE_POLL_MS, max_records=limit)
         if not batches:
@@ -210,33 +214,41 @@ class Ingest:
             return batches
         count = sum(len(messages) for messages in batches.values())
         waiting_since = time.monotonic() if self._taken_at is None else self._taken_at
-        deadline = waiting_since + self._settings.batch_linger_ms / 1000
+        deadline = waiting_since + linger_s
         while count < limit and (remaining := deadline - time.monotonic()) > 0:
             if await self._caught_up():
-                count += await self._read_after(remaining, batches, limit - count)
-                break
+                self._pause()
+                await self._resume_at(deadline)
+                remaining = FETCH_MAX_WAIT_MS / 1000  # the one fetch of what gathered
             more = await self._consumer.getmany(
                 timeout_ms=max(1, int(remaining * 1000)), max_records=limit - count
             )
             count += self._extend(batches, more)
         self._taken_at = time.monotonic()
+        if linger_s > 0 and await self._caught_up():
+            self._pause()  # until the next batch's linger is over
         return batches
 
-    async def _read_after(
-        self, seconds: float, batches: dict[TopicPartition, list[Any]], room: int
-    ) -> int:
-        """Add to `batches` what gathers at the broker in `seconds`, in one fetch rather
-        than one every few milliseconds: each fetch costs the broker a lookup in the
-        partition, and the embedded one lists all the partition's record batches."""
+    def _pause(self) -> None:
+        """Fetch nothing from the assigned partitions until `_resume_at`. A consumer that
+        has read to the end otherwise fetches again as soon as its records are taken, and
+        then every few milliseconds as records trickle in: each fetch costs the broker a
+        lookup in the partition, and the embedded one lists all the partition's record
+        batches. Records fetched but not taken yet are dropped by the pause and fetched
+        again after it, from the same position."""
         assert self._consumer is not None
-        await asyncio.sleep(seconds)
-        added = 0
-        # what the consumer fetched meanwhile, then the fetch that taking it starts
-        for timeout_ms in (0, FETCH_MAX_WAIT_MS):
-            if added < room:
-                more = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room - added)
-                added += self._extend(batches, more)
-        return added
+        self._consumer.pause(*self._consumer.assignment())
+
+    async def _resume_at(self, deadline: float) -> None:
+        """If fetching is paused: wait until `deadline`, then resume it."""
+        assert self._consumer is not None
+        if not self._consumer.paused():
+            return
+        try:
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            # A rebalance meanwhile leaves new partitions unpaused and forgets revoked ones.
+            self._consumer.resume(*self._consumer.paused())
 
     @staticmethod
     def _extend(

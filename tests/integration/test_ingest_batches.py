@@ -1,7 +1,7 @@
 """How the ingest stage cuts the input into batches (`Ingest._read_batch`), on the broker:
 once input arrives it keeps reading for `CHURN_BATCH_LINGER_MS` to fill the batch, and a
 batch never holds more than `CHURN_BATCH_MAX_RECORDS`. Once it has read to the end of its
-partitions it waits out the linger and reads what gathered at once."""
+partitions it stops fetching for the rest of the linger and fetches what gathered at once."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from stream.ingest import IDLE_POLL_MS, Ingest
 from stream.kafka_config import FETCH_MAX_WAIT_MS
 from stream.observability import Metrics
 from tests.integration.kafka_io import produce, produce_paced, reliability_settings, simulated
+
+FETCH_API_KEY = 1  # the Kafka protocol's Fetch request
 
 
 def _count(batches: dict[Any, list[Any]]) -> int:
@@ -150,17 +152,34 @@ async def test_records_that_queued_while_a_batch_was_processed_do_not_linger_aga
     assert polls == [IDLE_POLL_MS], "one poll: the queued records had waited out the linger"
 
 
-async def test_a_batch_read_to_the_end_waits_out_its_linger_then_reads_once(
+def count_fetches(consumer: Any, after: asyncio.Event) -> list[float]:
+    """Watch the fetch requests the real consumer sends to the broker once `after` is set:
+    their send times."""
+    sent: list[float] = []
+    client = consumer._client
+    send = client.send
+
+    async def sending(node_id: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.API_KEY == FETCH_API_KEY and after.is_set():
+            sent.append(time.monotonic())
+        return await send(node_id, request, *args, **kwargs)
+
+    client.send = sending
+    return sent
+
+
+async def test_a_batch_read_to_the_end_pauses_fetching_then_fetches_once(
     broker, topic_prefix, tmp_path
 ):
     """Reading through the linger fetched every few milliseconds while records trickled
     in, and each fetch costs the broker a lookup in the partition. Read to the end of its
-    partitions, the stage now waits out the linger and takes what gathered in one read,
-    so the batch still holds everything that arrived meanwhile."""
+    partitions, the stage now fetches nothing for the rest of the linger and takes what
+    gathered in one fetch, so the batch still holds everything that arrived meanwhile."""
     ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 1000, 3000)
     settings = ingest._settings
     raw = simulated(customers=20, days=30, seed=5)[:15]
     first_read, reads = observe_reads(consumer)
+    fetches = count_fetches(consumer, first_read)
     try:
         one_every_100_ms = produce_paced(
             broker.bootstrap, settings.input_topic, raw[5:], 10, chunk=1
@@ -170,5 +189,36 @@ async def test_a_batch_read_to_the_end_waits_out_its_linger_then_reads_once(
         await ingest.stop()
     values = [m.value for messages in batch.values() for m in messages]
     assert sorted(values) == sorted(raw), "everything that arrived during the linger"
-    # the read that found the first five, what was fetched meanwhile, the fresh fetch
-    assert len(reads) == 3, reads
+    assert len(reads) == 2, reads  # the read that found the first five, the one after
+    assert len(fetches) == 1, "after the first five, one fetch at the end of the linger"
+
+
+async def test_a_steady_stream_costs_one_fetch_per_batch(broker, topic_prefix, tmp_path):
+    """A live stream read to its end: between batches the stage fetches only once, when
+    the next batch's linger is over, however often records arrive."""
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 10_000, 500)
+    settings = ingest._settings
+    raw = simulated(customers=50, days=30, seed=6)[:200]
+    first_read, _ = observe_reads(consumer)
+    fetches = count_fetches(consumer, first_read)
+    read: list[bytes] = []
+    batch_count = 0
+    every_10_ms = asyncio.ensure_future(
+        produce_paced(broker.bootstrap, settings.input_topic, raw, 100, chunk=1)
+    )
+    try:
+        while len(read) < len(raw):
+            batch = await asyncio.wait_for(ingest._read_batch(), 60)
+            if not first_read.is_set():
+                continue  # the group join
+            batch_count += 1
+            read.extend(m.value for messages in batch.values() for m in messages)
+            await asyncio.sleep(0.05)  # processing the batch
+        await every_10_ms
+    finally:
+        await ingest.stop()
+    assert sorted(read) == sorted(raw), "nothing lost or read twice"
+    assert batch_count >= 3, batch_count
+    # Without the pause: about three fetches per batch on this broker, more on one that
+    # answers each fetch as soon as a record arrives.
+    assert len(fetches) <= batch_count + 1, (len(fetches), batch_count)
