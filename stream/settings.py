@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="A window is final once the watermark passes end+grace."
     )
     emit_interval_seconds: float = Field(
-        default=1.0, gt=0, description="Open windows are re-emitted at most this often."
+        default=0.5, gt=0, description="Open windows are re-emitted at most this often."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
     metrics_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics.")
