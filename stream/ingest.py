@@ -234,8 +234,9 @@ class Ingest:
         has read to the end otherwise fetches again as soon as its records are taken, and
         then every few milliseconds as records trickle in: each fetch costs the broker a
         lookup in the partition, and the embedded one lists all the partition's record
-        batches. Records fetched but not taken yet are dropped by the pause and fetched
-        again after it, from the same position."""
+        batches. Called right after records are taken, before the consumer's fetcher
+        runs again, so no fetch is in flight (one that were would only be taken after
+        the resume, before a fresh fetch brings what gathered)."""
         assert self._consumer is not None
         self._consumer.pause(*self._consumer.assignment())
 
