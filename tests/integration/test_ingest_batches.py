@@ -168,6 +168,11 @@ def count_fetches(consumer: Any, after: asyncio.Event) -> list[float]:
     return sent
 
 
+async def assigned(consumer: Any) -> None:
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+
+
 async def test_a_batch_read_to_the_end_pauses_fetching_then_fetches_once(
     broker, topic_prefix, tmp_path
 ):
@@ -198,19 +203,20 @@ async def test_a_steady_stream_costs_one_fetch_per_batch(broker, topic_prefix, t
     the next batch's linger is over, however often records arrive."""
     ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 10_000, 500)
     settings = ingest._settings
-    raw = simulated(customers=50, days=30, seed=6)[:200]
+    raw = simulated(customers=50, days=30, seed=6)[:300]
     first_read, _ = observe_reads(consumer)
     fetches = count_fetches(consumer, first_read)
     read: list[bytes] = []
     batch_count = 0
+    await asyncio.wait_for(assigned(consumer), 60)  # the stream starts after the group join
     every_10_ms = asyncio.ensure_future(
         produce_paced(broker.bootstrap, settings.input_topic, raw, 100, chunk=1)
     )
     try:
         while len(read) < len(raw):
             batch = await asyncio.wait_for(ingest._read_batch(), 60)
-            if not first_read.is_set():
-                continue  # the group join
+            if not batch:
+                continue
             batch_count += 1
             read.extend(m.value for messages in batch.values() for m in messages)
             await asyncio.sleep(0.05)  # processing the batch
