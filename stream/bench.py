@@ -246,6 +246,17 @@ def cpu_shares(
     return shares
 
 
+def cpu_readings(pids: Mapping[str, int | None]) -> dict[str, float | None]:
+    """CPU seconds so far of each named process (None: no pid, or gone)."""
+    readings: dict[str, float | None] = {}
+    for name, pid in pids.items():
+        try:
+            readings[name] = None if pid is None else cpu_seconds(pid)
+        except OSError:
+            readings[name] = None
+    return readings
+
+
 def crash_reason(log_text: str) -> str:
     """faust's "Crashed reason=" line, else the last line naming an error (shortened)."""
     lines = log_text.splitlines()
@@ -416,17 +427,20 @@ def marker_event(index: int, wall: float, dimension: str) -> dict[str, Any]:
 class Rate:
     events: int
     seconds: float
+    # process -> its CPU over the phase, as a share of one core (where measured)
+    cpu_shares: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        shown: dict[str, Any] = {
             "events": self.events,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events_per_second, 1),
         }
+        return shown | ({"cpu_shares": self.cpu_shares} if self.cpu_shares else {})
 
 
 @dataclass
@@ -439,6 +453,9 @@ class Throughput:
     digest: str
     verified: bool | None = None
     differences: list[str] = field(default_factory=list)
+    # process (worker-i, broker, bench) -> its CPU from the first consumed event until the
+    # output reflected every event, as a share of one core
+    cpu_shares: dict[str, float | None] = field(default_factory=dict)
 
     def as_json(self, limit: Rate | None) -> dict[str, Any]:
         ratio = None
@@ -454,6 +471,7 @@ class Throughput:
             "output_digest": self.digest,
             "verified": self.verified,
             "differences": self.differences[:20],
+            "cpu_shares": self.cpu_shares,
         }
 
 
@@ -597,11 +615,15 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         ),
         ("production", _rate_text(data["production"])),
         ("limit (aiokafka + orjson)", _rate_text(data["limit"])),
-        ("worker end to end", _rate_text(worker)),
     ]
+    if data["limit"] and data["limit"].get("cpu_shares"):
+        rows.append(("  CPU meanwhile", _cpu_text(data["limit"]["cpu_shares"])))
+    rows.append(("worker end to end", _rate_text(worker)))
     if worker:
         split = (worker["read_seconds"], worker["applied_seconds"], worker["seconds"])
         rows.append(("  read / applied / in output", " / ".join(map(_seconds, split))))
+        if worker.get("cpu_shares"):
+            rows.append(("  CPU meanwhile", _cpu_text(worker["cpu_shares"])))
     ratio = worker and worker["ratio_to_limit"]
     rows.append(("worker / limit", "-" if not ratio else f"{ratio * 100:.1f} %"))
     if worker and worker["verified"] is not None:
@@ -876,8 +898,19 @@ async def produce_workload(settings: Settings, payloads: Sequence[Payload]) -> R
 # --------------------------------------------------------------------------- the limit
 
 
-async def measure_limit(settings: Settings, expected: int, timeout: float) -> Rate:
-    """A bare aiokafka consumer (no group): read the whole input topic, decode each value."""
+async def measure_limit(
+    settings: Settings, expected: int, timeout: float, broker_pid: int | None = None
+) -> Rate:
+    """A bare aiokafka consumer (no group): read the whole input topic, decode each value;
+    with the CPU shares of this process (the consumer) and the embedded broker meanwhile."""
+    pids = {"bench": os.getpid(), "broker": broker_pid}
+    before = cpu_readings(pids)
+    rate = await _consume_all(settings, expected, timeout)
+    shares = cpu_shares(before, cpu_readings(pids), rate.seconds)
+    return Rate(rate.events, rate.seconds, shares)
+
+
+async def _consume_all(settings: Settings, expected: int, timeout: float) -> Rate:
     consumer = AIOKafkaConsumer(
         group_id=None,
         enable_auto_commit=False,
@@ -1157,14 +1190,7 @@ class Bench:
     def cpu_readings(self) -> dict[str, float | None]:
         """CPU seconds so far of each worker, the embedded broker and this process."""
         pids: dict[str, int | None] = {f"worker-{i}": w.pid for i, w in enumerate(self.workers)}
-        pids |= {"broker": self.broker_pid, "bench": os.getpid()}
-        readings: dict[str, float | None] = {}
-        for name, pid in pids.items():
-            try:
-                readings[name] = None if pid is None else cpu_seconds(pid)
-            except OSError:
-                readings[name] = None
-        return readings
+        return cpu_readings(pids | {"broker": self.broker_pid, "bench": os.getpid()})
 
     async def send_marker(self) -> int:
         wall = time.time()
@@ -1225,6 +1251,9 @@ async def measure_throughput(bench: Bench, workload: Workload) -> Throughput:
     progress = Progress(first)
     quiet = quiet_seconds(plan, bench.settings)
     deadline = time.monotonic() + plan.timeout
+    cpu_start, cpu_start_wall = bench.cpu_readings(), time.time()
+    cpu_end: dict[str, float | None] = {}
+    cpu_end_wall = cpu_start_wall
     complete = False
     while not (complete and time.monotonic() - bench.follower.last_receive >= quiet):
         bench.check()
@@ -1232,6 +1261,8 @@ async def measure_throughput(bench: Bench, workload: Workload) -> Throughput:
             raise BenchError(_incomplete(bench, expectation, plan.timeout))
         totals = await scrape_all(bench.workers) or {}
         progress.update(totals, expectation.events)
+        if not complete:
+            cpu_end, cpu_end_wall = bench.cpu_readings(), time.time()
         complete = progress.applied_done is not None and reflects_all(
             bench.follower.latest, expectation, dimensions
         )
@@ -1244,6 +1275,7 @@ async def measure_throughput(bench: Bench, workload: Workload) -> Throughput:
         applied_seconds=None if progress.applied_done is None else progress.applied_done - first,
         output_records=len(bench.follower.latest),
         digest=output_digest(bench.follower.latest),
+        cpu_shares=cpu_shares(cpu_start, cpu_end, cpu_end_wall - cpu_start_wall),
     )
 
 
@@ -1490,7 +1522,9 @@ async def run_phases(
         result.production = await produce_workload(settings, workload.payloads)
         say(f"produced at {result.production.events_per_second:,.0f} events/s")
     if workload is not None and plan.limit:
-        result.limit = await measure_limit(settings, workload.expectation.events, plan.timeout)
+        result.limit = await measure_limit(
+            settings, workload.expectation.events, plan.timeout, broker_pid
+        )
         say(f"limit: {result.limit.events_per_second:,.0f} events/s")
     tracker = MarkerTracker()
     follower = OutputFollower(settings, settings.dimensions[0], tracker)

@@ -59,10 +59,17 @@ def test_tiny_bench_writes_complete_results(tmp_path):
     for phase in ("production", "limit", "worker"):
         assert data[phase]["events"] == EVENTS
         assert data[phase]["seconds"] > 0 and data[phase]["events_per_second"] > 0
+    limit_cpu = data["limit"]["cpu_shares"]  # the consumer is this bench process
+    assert list(limit_cpu) == ["bench", "broker"]
+    assert limit_cpu["bench"] is not None and limit_cpu["bench"] > 0, limit_cpu
     worker = data["worker"]
     assert worker["ratio_to_limit"] > 0
     assert worker["verified"] is True and worker["differences"] == []
     assert 0 <= worker["read_seconds"] <= worker["seconds"]
+    backlog_cpu = worker["cpu_shares"]
+    assert list(backlog_cpu) == ["worker-0", "broker", "bench"]
+    assert backlog_cpu["worker-0"] is not None and backlog_cpu["worker-0"] > 0, backlog_cpu
+    assert "CPU meanwhile" in done.stdout
 
     latency = data["latency"]
     assert latency["markers"] > 0 and latency["achieved_rate"] > 0

@@ -503,3 +503,24 @@ def test_the_table_shows_each_process_cpu_over_the_latency_load():
     assert "CPU over the latency load" in table
     assert "worker-0 55 %, broker 48 %, bench - of a core" in table
     assert "CPU over" not in bench.format_table(bench.result_json(_result()))
+
+
+def test_the_table_shows_each_process_cpu_over_the_backlog():
+    result = _result()
+    assert result.worker is not None
+    result.worker.cpu_shares = {"worker-0": 0.912, "worker-1": 0.874, "broker": 0.25}
+    data = bench.result_json(result)
+    assert data["worker"]["cpu_shares"] == {"worker-0": 0.912, "worker-1": 0.874, "broker": 0.25}
+    table = bench.format_table(data)
+    assert "CPU meanwhile  " in table
+    assert "worker-0 91 %, worker-1 87 %, broker 25 % of a core" in table
+    assert "CPU meanwhile" not in bench.format_table(bench.result_json(_result()))
+
+
+def test_the_limit_reports_the_cpu_of_the_consumer_and_the_broker():
+    result = _result()
+    result.limit = Rate(100_000, 0.5, {"bench": 0.963, "broker": 0.052})
+    data = bench.result_json(result)
+    assert data["limit"]["cpu_shares"] == {"bench": 0.963, "broker": 0.052}
+    assert "bench 96 %, broker 5 % of a core" in bench.format_table(data)
+    assert "cpu_shares" not in bench.result_json(_result())["limit"]
