@@ -323,7 +323,7 @@ class _Emitter:
 
     def _put(self, plus: bool, k: int, value: Contribution) -> None:
         segment = value[0]
-        if segment != self.segment:
+        if segment is not self.segment and segment != self.segment:
             self.segment = segment
             self.plus_by_index = self.minus_by_index = None
         if plus:

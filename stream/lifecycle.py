@@ -185,7 +185,10 @@ class Replay:
         self.last_event_ms = base.last_event_ms if base else None
         self.last_was_churn = base.last_was_churn if base else False
         self.purchases = base.purchases if base else 0
-        self.state = _step(0, self.active, self.mrr, tuple(self.segment), None)
+        # `segment` as a tuple, rebuilt only when it changes: the steps of one customer
+        # share it, so comparing their segments mostly finds the same object
+        self.current_segment: Segment = tuple(self.segment)
+        self.state = _step(0, self.active, self.mrr, self.current_segment, None)
 
     @property
     def mrr(self) -> int:
@@ -205,15 +208,19 @@ class Replay:
 
     def expire(self, expiry_ms: int) -> Step:
         self.active = False
-        self.state = _step(expiry_ms, False, 0, tuple(self.segment), None)
+        self.state = _step(expiry_ms, False, 0, self.current_segment, None)
         return self.state
 
     def apply(self, event: LifecycleEvent) -> Step | None:
         """Apply one event (after `advance_to`); returns the new step, or None when nothing
         that matters changed."""
+        moved = False
         for position, value in enumerate(event.segment):
-            if value is not None:
+            if value is not None and value != self.segment[position]:
                 self.segment[position] = value
+                moved = True
+        if moved:
+            self.current_segment = tuple(self.segment)
         if event.mrr_micros is not None:
             self.latest_mrr = event.mrr_micros
         first_activation: bool | None = None
@@ -228,7 +235,7 @@ class Replay:
             self.purchases += 1
         self.last_event_ms = event.time_ms
         self.last_was_churn = event.type is EventType.CHURNED
-        active, mrr, segment = self.active, self.mrr, tuple(self.segment)
+        active, mrr, segment = self.active, self.mrr, self.current_segment
         state = self.state
         if (
             active == state.active
