@@ -122,6 +122,14 @@ class History:
     def seen(self, event_id: str) -> bool:
         return event_id in self.bare_ids or any(row[0] == event_id for row in self.rows)
 
+    def ids(self) -> set[str]:
+        """Every stored event id: to check several arrived events against it, one scan
+        of the history instead of one per event."""
+        found = set(self.bare_ids)
+        for row in self.rows:
+            found.add(row[0])
+        return found
+
     def events(self, customer_id: str) -> list[LifecycleEvent]:
         return [
             _new_event(
@@ -246,11 +254,13 @@ class CustomerStage:
         """The arrived events not seen before (first seen wins)."""
         if len(arrived) == 1:
             return [] if history.seen(arrived[0].event_id) else arrived
-        fresh: dict[str, LifecycleEvent] = {}
+        known = history.ids()
+        fresh: list[LifecycleEvent] = []
         for event in arrived:
-            if event.event_id not in fresh and not history.seen(event.event_id):
-                fresh[event.event_id] = event
-        return list(fresh.values())
+            if event.event_id not in known:
+                known.add(event.event_id)
+                fresh.append(event)
+        return fresh
 
     def _read(self, customer_ids: list[str]) -> list[bytes | None]:
         """The stored histories, in one read where the store offers `get_many`: each

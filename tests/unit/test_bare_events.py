@@ -74,3 +74,25 @@ def test_ids_stored_without_retention_are_kept_when_it_is_switched_on():
     assert (stored.bare_ids, stored.bare_times) == (["a1", "a800"], [_ms(800)])
     again = _apply(with_retention, 900, ("activity", 1, "a1"), ("activity", 890, "a890"))
     assert (again.duplicates, again.beyond_retention, again.applied) == (1, 0, 1)
+
+
+def test_several_arrived_events_are_checked_against_stored_rows_ids_and_each_other():
+    store: dict[str, bytes] = {}
+    stage = CustomerStage(store, DIMENSIONS, None)
+    _apply(stage, 1, ("subscribed", 0, "s"), ("activity", 1, "a1"))
+    outcome = _apply(
+        stage,
+        5,
+        ("purchase", 3, "p3"),
+        ("subscribed", 0, "s"),  # a stored row
+        ("activity", 1, "a1"),  # a stored bare id
+        ("purchase", 3, "p3"),  # twice in the batch
+        ("purchase", 4, "x"),  # the first of one id wins ...
+        ("activity", 5, "x"),  # ... over a later one
+        ("activity", 5, "a5"),
+    )
+    assert (outcome.applied, outcome.duplicates) == (3, 4)
+    stored = History.decode(store["c"])
+    assert [row[0] for row in stored.rows] == ["s", "p3", "x"]
+    assert stored.bare_ids == ["a1", "a5"]
+    assert stored.ids() == {"s", "p3", "x", "a1", "a5"}
