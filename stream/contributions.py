@@ -231,6 +231,9 @@ def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]
     if found is None:
         if kind is windows.DAY:
             found = timeline.days
+        elif kind.months > 1:  # from the month numbers: one date conversion per step
+            months = kind.months
+            found = [month // months for month in _calendar_indexes(timeline, windows.MONTH)]
         else:
             found = [windows.calendar_index(kind, day) for day in timeline.days]
         timeline.calendar[kind] = found
