@@ -3,12 +3,20 @@ every window, whatever the old and new histories (hypothesis)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream import windows
-from stream.contributions import Deltas, DeltaSums, changed_deltas, window_contribution
+from stream.contributions import (
+    Deltas,
+    DeltaSums,
+    _position,
+    changed_deltas,
+    window_contribution,
+)
 from stream.events import EventType, LifecycleEvent
 from stream.formulas import WIDTH
 from stream.lifecycle import Timeline, build_timeline, ordered_unique
@@ -137,3 +145,24 @@ def test_delta_sums_equal_summing_each_field(added, subtracted):
         for i in range(WIDTH)
     )
     assert sums.totals() == ({KEY: total} if any(total) else {})
+
+
+@given(values=st.lists(st.integers(-50, 50)).map(sorted), x=st.integers(-60, 60))
+def test_position_is_the_bisect_modules(values, x):
+    assert _position(values, x, False) == bisect_left(values, x)
+    assert _position(values, x, True) == bisect_right(values, x)
+
+
+@pytest.mark.parametrize(
+    ("values", "x", "left", "right"),
+    [
+        ([], 5, 0, 0),
+        ([5], 5, 0, 1),
+        ([1, 5, 5, 5, 9], 5, 1, 4),
+        ([1, 5, 9], 0, 0, 0),
+        ([1, 5, 9], 10, 3, 3),
+        ([20_454, 20_455, 20_455], 20_455, 1, 3),  # day numbers, as the timelines hold
+    ],
+)
+def test_position_examples(values, x, left, right):
+    assert (_position(values, x, False), _position(values, x, True)) == (left, right)
