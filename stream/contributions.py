@@ -240,33 +240,59 @@ def _calendar_indexes(timeline: Timeline, kind: windows.WindowKind) -> list[int]
     return found
 
 
+def _merged_tail(old: list[int], new: list[int], lowest: int) -> list[int]:
+    """The values of both sorted lists from `lowest` on, sorted, each once (a merge:
+    compiled, cheaper than a set and a sort)."""
+    i, j = _position(old, lowest, False), _position(new, lowest, False)
+    old_end, new_end = len(old), len(new)
+    merged: list[int] = []
+    while i < old_end or j < new_end:
+        if j == new_end or (i < old_end and old[i] <= new[j]):
+            value = old[i]
+            i += 1
+        else:
+            value = new[j]
+            j += 1
+        if not merged or value > merged[-1]:
+            merged.append(value)
+    return merged
+
+
+def _append_above(found: list[int], value: int) -> None:
+    if value > found[-1]:
+        found.append(value)
+
+
 def _calendar_candidates(old_windows: list[int], new_windows: list[int], k_from: int) -> list[int]:
-    """The window containing a step (its end crosses it) and the next one (its start
-    does), from window k_from on; steps are visited newest first."""
-    found = {k_from}
-    for step_windows in (old_windows, new_windows):
-        for k in reversed(step_windows):
-            if k < k_from:
-                break
-            found.add(k)
-            found.add(k + 1)
-    return sorted(found)
+    """k_from, then the window containing a step (its end crosses it) and the next one
+    (its start does), from window k_from on; sorted, each once."""
+    found = [k_from]
+    for k in _merged_tail(old_windows, new_windows, k_from):
+        _append_above(found, k)
+        _append_above(found, k + 1)
+    return found
 
 
 def _rolling_candidates(
     old_days: list[int], new_days: list[int], length: int, k_from: int
 ) -> list[int]:
     """Window k covers days [k - N, k): day `d + 1` is the first to contain a step on day
-    d, `d + N + 1` the first to start after it."""
-    found = {k_from}
-    for days in (old_days, new_days):
-        for day in reversed(days):
-            if day + length + 1 < k_from:
-                break
-            found.add(day + length + 1)
-            if day + 1 >= k_from:
-                found.add(day + 1)
-    return sorted(found)
+    d, `d + N + 1` the first to start after it. k_from, then those from k_from on; sorted,
+    each once."""
+    days = _merged_tail(old_days, new_days, k_from - length - 1)
+    found = [k_from]
+    # two sorted sequences merged: d + 1 over the days from k_from - 1 on, d + N + 1 over all
+    i = _position(days, k_from - 1, False)
+    j = 0
+    end = len(days)
+    while i < end or j < end:
+        if j == end or (i < end and days[i] + 1 <= days[j] + length + 1):
+            _append_above(found, days[i] + 1)
+            i += 1
+        else:
+            _append_above(found, days[j] + length + 1)
+            j += 1
+    return found
 
 
 class _Emitter:

@@ -13,7 +13,9 @@ from stream import windows
 from stream.contributions import (
     Deltas,
     DeltaSums,
+    _calendar_candidates,
     _position,
+    _rolling_candidates,
     changed_deltas,
     window_contribution,
 )
@@ -166,3 +168,37 @@ def test_position_is_the_bisect_modules(values, x):
 )
 def test_position_examples(values, x, left, right):
     assert (_position(values, x, False), _position(values, x, True)) == (left, right)
+
+
+def calendar_candidates_by_set(old: list[int], new: list[int], k_from: int) -> list[int]:
+    found = {k_from}
+    found.update(k for window in (*old, *new) if window >= k_from for k in (window, window + 1))
+    return sorted(found)
+
+
+def rolling_candidates_by_set(
+    old: list[int], new: list[int], length: int, k_from: int
+) -> list[int]:
+    found = {k_from}
+    for day in (*old, *new):
+        found.update(k for k in (day + 1, day + length + 1) if k >= k_from)
+    return sorted(found)
+
+
+_window_numbers = st.lists(st.integers(0, 40)).map(sorted)
+
+
+@given(old=_window_numbers, new=_window_numbers, k_from=st.integers(-5, 45))
+def test_calendar_candidates_are_every_step_window_and_the_next_from_k_from(old, new, k_from):
+    assert _calendar_candidates(old, new, k_from) == calendar_candidates_by_set(old, new, k_from)
+
+
+@given(
+    old=_window_numbers,
+    new=_window_numbers,
+    length=st.sampled_from([1, 7, 30, 90]),
+    k_from=st.integers(-5, 140),
+)
+def test_rolling_candidates_are_where_a_step_enters_or_leaves_from_k_from(old, new, length, k_from):
+    expected = rolling_candidates_by_set(old, new, length, k_from)
+    assert _rolling_candidates(old, new, length, k_from) == expected
