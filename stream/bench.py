@@ -94,6 +94,11 @@ PROGRESS_SAMPLES: Final = (
     "churn_duplicate_events_total",
 )
 PROGRESS_S: Final = 10.0
+# The latency phase reads the workers' VmRSS about this many times over its load (at
+# least every RSS_SAMPLE_MAX_S) to show whether memory still grows in its second half.
+RSS_SAMPLES_PER_LOAD: Final = 60
+RSS_SAMPLE_MIN_S: Final = 0.5
+RSS_SAMPLE_MAX_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 60.0
 
 Records = dict[str, dict[str, Any]]
@@ -110,6 +115,30 @@ def say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- pure helpers
+
+
+def rss_trend(samples: Sequence[tuple[float, float]]) -> dict[str, float | None]:
+    """The second half of (seconds since the load started, MB) samples: their lowest and
+    highest value and the least-squares slope in MB a minute (None with fewer than two)."""
+    if not samples:
+        return {"low_mb": None, "high_mb": None, "slope_mb_per_minute": None}
+    middle = samples[-1][0] / 2
+    late = [(t, mb) for t, mb in samples if t >= middle]
+    values = [mb for _, mb in late]
+    return {
+        "low_mb": _round(min(values), 1),
+        "high_mb": _round(max(values), 1),
+        "slope_mb_per_minute": _round(_slope(late) * 60, 2) if len(late) > 1 else None,
+    }
+
+
+def _slope(points: Sequence[tuple[float, float]]) -> float:
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -484,6 +513,8 @@ class Latency:
     unreflected: int
     rss_start_mb: float | None
     rss_end_mb: float | None
+    # (seconds since the load started, the largest worker's VmRSS in MB)
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
     # The workers' own histograms over the load (README, Prometheus metrics): stage -> summary
     stages: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # process (worker-i, broker, bench) -> its CPU over the load, as a share of one core
@@ -503,6 +534,8 @@ class Latency:
             "max_seconds": _round(max(self.latencies, default=None)),
             "rss_start_mb": _round(self.rss_start_mb, 1),
             "rss_end_mb": _round(self.rss_end_mb, 1),
+            "rss_second_half": rss_trend(self.rss_samples),
+            "rss_samples_mb": [[round(t, 1), round(mb, 1)] for t, mb in self.rss_samples],
             "stages": self.stages,
             "cpu_shares": self.cpu_shares,
             "samples_seconds": [round(value, 3) for value in self.latencies],
@@ -649,6 +682,16 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if latency and latency["rss_start_mb"] is not None and latency["rss_end_mb"] is not None:
         growth = f"{latency['rss_start_mb']:,.0f} -> {latency['rss_end_mb']:,.0f} MB"
         rows.append(("  RSS over the latency load", growth))
+    trend = latency and latency.get("rss_second_half")
+    if trend and trend["slope_mb_per_minute"] is not None:
+        rows.append(
+            (
+                "  RSS over its second half",
+                f"{trend['low_mb']:,.0f}-{trend['high_mb']:,.0f} MB, "
+                f"{trend['slope_mb_per_minute']:+.1f} MB a minute "
+                f"({len(latency['rss_samples_mb'])} samples in all)",
+            )
+        )
     if latency and latency.get("cpu_shares"):
         rows.append(("  CPU over the latency load", _cpu_text(latency["cpu_shares"])))
     if recovery is None:
@@ -1318,6 +1361,23 @@ def _max_rss(workers: Sequence[WorkerProcess]) -> float | None:
     return max(values, default=None)
 
 
+def rss_sample_interval(load_seconds: float) -> float:
+    wanted = load_seconds / RSS_SAMPLES_PER_LOAD
+    return min(RSS_SAMPLE_MAX_S, max(RSS_SAMPLE_MIN_S, wanted))
+
+
+async def sample_rss(
+    workers: Sequence[WorkerProcess], interval: float, into: list[tuple[float, float]]
+) -> None:
+    """Append (seconds since the start, the largest worker's VmRSS) every `interval` until
+    cancelled."""
+    started = time.monotonic()
+    while True:
+        if (value := _max_rss(workers)) is not None:
+            into.append((time.monotonic() - started, value))
+        await asyncio.sleep(interval)
+
+
 async def offer_load(bench: Bench, templates: Sequence[Payload]) -> tuple[int, float]:
     """Produce `templates` at the planned rate with occurred_at = now, and one marker
     every 1 / markers_per_second; returns (events produced, seconds)."""
@@ -1381,9 +1441,17 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
     rss_start = _max_rss(bench.workers)
     cpu_start = bench.cpu_readings()
     say(f"latency: offering {plan.rate:,.0f} events/s for {plan.latency_seconds:.0f}s")
-    produced, seconds = await offer_load(bench, templates)
+    rss_samples: list[tuple[float, float]] = []
+    interval = rss_sample_interval(plan.latency_seconds)
+    sampler = asyncio.create_task(sample_rss(bench.workers, interval, rss_samples))
+    try:
+        produced, seconds = await offer_load(bench, templates)
+    finally:
+        sampler.cancel()
     cpu = cpu_shares(cpu_start, bench.cpu_readings(), seconds)
     rss_end = _max_rss(bench.workers)
+    if rss_end is not None:
+        rss_samples.append((seconds, rss_end))
     deadline = time.monotonic() + plan.drain_seconds
     while bench.tracker.pending and time.monotonic() < deadline:
         bench.check()
@@ -1399,6 +1467,7 @@ async def measure_latency(bench: Bench, templates: Sequence[Payload]) -> Latency
         unreflected=bench.tracker.pending,
         rss_start_mb=rss_start,
         rss_end_mb=rss_end,
+        rss_samples=rss_samples,
         stages=stages,
         cpu_shares=cpu,
     )

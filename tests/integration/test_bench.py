@@ -85,6 +85,13 @@ def test_tiny_bench_writes_complete_results(tmp_path):
     assert all(share is not None and share >= 0 for share in shares.values()), shares
     assert shares["worker-0"] > 0, shares  # (100 events/s barely moves the other two)
     assert "CPU over the latency load" in done.stdout
+    samples = latency["rss_samples_mb"]  # every 0.5 s of the load, and one at its end
+    assert len(samples) >= 4, samples
+    assert [t for t, _ in samples] == sorted(t for t, _ in samples)
+    assert all(mb > 0 for _, mb in samples)
+    trend = latency["rss_second_half"]
+    assert 0 < trend["low_mb"] <= trend["high_mb"] and trend["slope_mb_per_minute"] is not None
+    assert "RSS over its second half" in done.stdout
     assert data["memory"]["peak_rss_mb"] > 0
 
     recovery = data["recovery"]

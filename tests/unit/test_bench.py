@@ -524,3 +524,60 @@ def test_the_limit_reports_the_cpu_of_the_consumer_and_the_broker():
     assert data["limit"]["cpu_shares"] == {"bench": 0.963, "broker": 0.052}
     assert "bench 96 %, broker 5 % of a core" in bench.format_table(data)
     assert "cpu_shares" not in bench.result_json(_result())["limit"]
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([], {"low_mb": None, "high_mb": None, "slope_mb_per_minute": None}),
+        ([(0.0, 300.0)], {"low_mb": 300.0, "high_mb": 300.0, "slope_mb_per_minute": None}),
+        # flat second half: what the first half did does not count
+        (
+            [(0.0, 100.0), (60.0, 400.0), (120.0, 400.0)],
+            {"low_mb": 400.0, "high_mb": 400.0, "slope_mb_per_minute": 0.0},
+        ),
+        # one MB a second: 60 MB a minute
+        (
+            [(0.0, 0.0), (10.0, 10.0), (20.0, 20.0), (30.0, 30.0)],
+            {"low_mb": 20.0, "high_mb": 30.0, "slope_mb_per_minute": 60.0},
+        ),
+        # a sawtooth without a trend
+        (
+            [(t, 450.0 + (10.0 if i % 2 else 0.0)) for i, t in enumerate(range(0, 600, 10))]
+            + [(600.0, 450.0)],
+            {"low_mb": 450.0, "high_mb": 460.0, "slope_mb_per_minute": 0.0},
+        ),
+        # shrinking
+        (
+            [(0.0, 500.0), (30.0, 500.0), (60.0, 480.0), (90.0, 470.0)],
+            {"low_mb": 470.0, "high_mb": 480.0, "slope_mb_per_minute": -20.0},
+        ),
+    ],
+)
+def test_rss_trend_covers_the_second_half_of_the_load(samples, expected):
+    assert bench.rss_trend(samples) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "interval"), [(600.0, 10.0), (30.0, 0.5), (6.0, 0.5), (120.0, 2.0)]
+)
+def test_rss_is_sampled_about_sixty_times_a_load(seconds, interval):
+    assert bench.rss_sample_interval(seconds) == interval
+
+
+def test_the_table_shows_the_rss_trend_of_the_second_half():
+    result = _result()
+    assert result.latency is not None
+    result.latency.rss_samples = [(0.0, 300.0), (10.0, 305.0), (20.0, 306.0), (30.0, 310.0)]
+    data = bench.result_json(result)
+    assert data["latency"]["rss_samples_mb"] == [
+        [0.0, 300.0],
+        [10.0, 305.0],
+        [20.0, 306.0],
+        [30.0, 310.0],
+    ]
+    assert data["latency"]["rss_second_half"]["slope_mb_per_minute"] == 24.0
+    table = bench.format_table(data)
+    row = next(line for line in table.splitlines() if "RSS over its second half" in line)
+    assert row.endswith("  306-310 MB, +24.0 MB a minute (4 samples in all)")
+    assert "second half" not in bench.format_table(bench.result_json(_result()))
