@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 from datetime import UTC, datetime
@@ -581,3 +582,30 @@ def test_the_table_shows_the_rss_trend_of_the_second_half():
     row = next(line for line in table.splitlines() if "RSS over its second half" in line)
     assert row.endswith("  306-310 MB, +24.0 MB a minute (4 samples in all)")
     assert "second half" not in bench.format_table(bench.result_json(_result()))
+
+
+class _FakeConsumer:
+    """Serves `values` in getmany calls, recording each call's max_records."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.asked: list[int | None] = []
+
+    async def getmany(self, timeout_ms: int, max_records: int | None = None) -> dict:
+        self.asked.append(max_records)
+        taken, self.values = self.values[:max_records], self.values[max_records:]
+        return {"tp": [dataclasses.make_dataclass("M", ["value"])(v) for v in taken]}
+
+
+def test_the_limit_reads_in_kafkas_default_poll_size_and_decodes_every_value():
+    values = [orjson.dumps({"n": i}) for i in range(1200)]
+    consumer = _FakeConsumer(values)
+    rate = asyncio.run(bench._read_all(consumer, len(values), timeout=10.0))
+    assert rate.events == 1200
+    assert consumer.asked == [500, 500, 500]  # 500: max.poll.records
+    assert bench.LIMIT_MAX_RECORDS == 500
+    setup = bench.describe_setup(_plan(events=10), Settings(), None, "kafka://h:1")
+    assert setup["limit_max_records"] == 500
+    broken = _FakeConsumer([b"{not json"])
+    with pytest.raises(orjson.JSONDecodeError):
+        asyncio.run(bench._read_all(broken, 1, timeout=10.0))
