@@ -953,12 +953,15 @@ async def measure_limit(
     with the CPU shares of this process (the consumer) and the embedded broker meanwhile."""
     pids = {"bench": os.getpid(), "broker": broker_pid}
     before = cpu_readings(pids)
-    rate = await _consume_all(settings, expected, timeout)
+    rate = await consume_topic(settings, expected, timeout)
     shares = cpu_shares(before, cpu_readings(pids), rate.seconds)
     return Rate(rate.events, rate.seconds, shares)
 
 
-async def _consume_all(settings: Settings, expected: int, timeout: float) -> Rate:
+async def consume_topic(
+    settings: Settings, expected: int, timeout: float, max_records: int = LIMIT_MAX_RECORDS
+) -> Rate:
+    """Read and decode the whole input topic with a consumer of its own (no group)."""
     consumer = AIOKafkaConsumer(
         group_id=None,
         enable_auto_commit=False,
@@ -971,19 +974,24 @@ async def _consume_all(settings: Settings, expected: int, timeout: float) -> Rat
         partitions = [TopicPartition(settings.input_topic, p) for p in range(settings.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        return await _read_all(consumer, expected, timeout)
+        return await read_all(consumer, expected, timeout, max_records)
     finally:
         await consumer.stop()
 
 
-async def _read_all(consumer: AIOKafkaConsumer, expected: int, timeout: float) -> Rate:
+async def read_all(
+    consumer: AIOKafkaConsumer,
+    expected: int,
+    timeout: float,
+    max_records: int = LIMIT_MAX_RECORDS,
+) -> Rate:
     loads = orjson.loads
     count = 0
     started = time.monotonic()
     while count < expected:
         if time.monotonic() - started > timeout:
             raise BenchError(f"limit: read {count} of {expected} events in {timeout:.0f}s")
-        batches = await consumer.getmany(timeout_ms=1000, max_records=LIMIT_MAX_RECORDS)
+        batches = await consumer.getmany(timeout_ms=1000, max_records=max_records)
         for messages in batches.values():
             for message in messages:
                 loads(message.value)

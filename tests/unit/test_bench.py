@@ -600,7 +600,7 @@ class _FakeConsumer:
 def test_the_limit_reads_in_kafkas_default_poll_size_and_decodes_every_value():
     values = [orjson.dumps({"n": i}) for i in range(1200)]
     consumer = _FakeConsumer(values)
-    rate = asyncio.run(bench._read_all(consumer, len(values), timeout=10.0))
+    rate = asyncio.run(bench.read_all(consumer, len(values), timeout=10.0))
     assert rate.events == 1200
     assert consumer.asked == [500, 500, 500]  # 500: max.poll.records
     assert bench.LIMIT_MAX_RECORDS == 500
@@ -608,4 +608,4 @@ def test_the_limit_reads_in_kafkas_default_poll_size_and_decodes_every_value():
     assert setup["limit_max_records"] == 500
     broken = _FakeConsumer([b"{not json"])
     with pytest.raises(orjson.JSONDecodeError):
-        asyncio.run(bench._read_all(broken, 1, timeout=10.0))
+        asyncio.run(bench.read_all(broken, 1, timeout=10.0))
