@@ -83,8 +83,8 @@ PRODUCER_LINGER_MS: Final = 5
 LIMIT_FETCH_BYTES: Final = 4 * 1024 * 1024
 # Records the limit's consumer takes per getmany: Kafka's default max.poll.records. More
 # at a time is slower in CPython: records that outlive a young collection are promoted
-# and walked again by the older ones; here 100,000 a call read at 154,000-191,000
-# events/s, 500 at 395,000-442,000, the same loop otherwise (README, Benchmark).
+# and walked again by the older ones; here 100,000 a call read at 154,000-212,000
+# events/s, 500 at 354,000-509,000, the same loop otherwise (README, Benchmark).
 LIMIT_MAX_RECORDS: Final = 500
 SAMPLE_CUSTOMERS: Final = 2000  # customers simulated to size the history
 LOAD_TICK_S: Final = 0.005
