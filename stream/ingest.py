@@ -1,10 +1,11 @@
 """The ingest stage: batched aiokafka consumption of the input topic.
 
 Each `getmany` batch is validated (`route_batch`), invalid records go to the dead-letter
-topic, valid events go as one message per internal partition (split further only when a
-message would exceed `MAX_INTERNAL_MESSAGE_BYTES`) to the customer-batch topic, and the
-input offsets are committed only after every one of those sends is acknowledged. A crash
-before the commit re-delivers the batch; customers absorb the repeats by event_id.
+topic, valid events go to the customer-batch topic in messages of at most
+`MAX_EVENTS_PER_CUSTOMER_MESSAGE` events (every internal partition gets at least one, see
+`customer_messages`), and the input offsets are committed only after every one of those
+sends is acknowledged. A crash before the commit re-delivers the batch; customers absorb
+the repeats by event_id.
 
 A watchdog task keeps `churn_ingest_up` and the consumer-lag gauges current even while the
 main loop waits on a frozen broker.
@@ -29,13 +30,13 @@ from aiokafka.errors import (
 )
 
 from stream import windows
-from stream.events import LifecycleEvent
 from stream.kafka_config import FETCH_MAX_WAIT_MS, aiokafka_options
 from stream.observability import HealthMetrics, Metrics
 from stream.routing import (
     InputRecord,
     Rejected,
     RoutedBatch,
+    customer_messages,
     dead_letter,
     encode_customer_batch,
     final_day_cutoff,
@@ -45,8 +46,6 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# An internal message stays well below Kafka's default 1 MB message limit.
-MAX_INTERNAL_MESSAGE_BYTES: Final = 512 * 1024
 # Dead letters keep at most this much of the original message and key (bytes, before
 # escaping): a 1 MB input would otherwise make an unsendable dead letter.
 MAX_DEAD_LETTER_ORIGINAL_BYTES: Final = 64 * 1024
@@ -56,38 +55,6 @@ STALL_SECONDS: Final = 10.0
 # How long one read waits for a batch's first records before the loop goes round.
 IDLE_POLL_MS: Final = 200
 _WATCHDOG_INTERVAL_S: Final = 1.0
-
-
-def encoded_runs(
-    watermarks: Mapping[int, int], events: list[LifecycleEvent], limit: int
-) -> list[bytes]:
-    """`events` as customer-batch messages of at most `limit` bytes each (halved until
-    they fit; at least one event per message). An empty list gives one message, which
-    still carries the watermarks."""
-    encoded = encode_customer_batch(watermarks, events)
-    if len(encoded) <= limit or len(events) <= 1:
-        return [encoded]
-    half = len(events) // 2
-    return encoded_runs(watermarks, events[:half], limit) + encoded_runs(
-        watermarks, events[half:], limit
-    )
-
-
-def customer_messages(
-    routed: RoutedBatch, watermarks: dict[int, int], partitions: int, limit: int
-) -> list[tuple[int, bytes]]:
-    """(internal partition, message) for every internal partition, in partition order.
-
-    Every partition gets at least one message when the input watermark moved, so that
-    every partition's event time advances; a partition whose events would not fit one
-    message gets several, each under `limit` bytes."""
-    if not routed.latest_by_input:
-        return []
-    return [
-        (target, message)
-        for target in range(partitions)
-        for message in encoded_runs(watermarks, routed.by_partition.get(target, []), limit)
-    ]
 
 
 def bounded_dead_letter(rejected: Rejected, topic: str) -> tuple[bytes, bytes | None]:
@@ -326,9 +293,7 @@ class Ingest:
         assert self._producer is not None
         settings = self._settings
         acks: list[Awaitable[Any]] = []
-        messages = customer_messages(
-            routed, self._published_watermarks(), settings.partitions, MAX_INTERNAL_MESSAGE_BYTES
-        )
+        messages = customer_messages(routed, self._published_watermarks(), settings.partitions)
         for target, value in messages:
             acks.append(await self._producer.send(settings.customer_topic, value, partition=target))
         for rejected in routed.rejected:

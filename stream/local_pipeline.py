@@ -14,7 +14,7 @@ from stream.alerting import SpikeAlerts
 from stream.customers import CustomerStage
 from stream.routing import (
     InputRecord,
-    customer_batches,
+    customer_messages,
     decode_customer_batch,
     decode_deltas,
     encode_deltas,
@@ -79,9 +79,7 @@ class LocalPipeline:
         routed = route_batch(records, self.dimensions, self.partitions, FAR_FUTURE_MS, 0)
         self.rejected.extend(r.reason for r in routed.rejected)
         merge_watermarks(self.input_watermarks, routed.latest_by_input)
-        for target, message in customer_batches(
-            routed, self.input_watermarks, self.partitions
-        ).items():
+        for target, message in customer_messages(routed, self.input_watermarks, self.partitions):
             self._customer_message(target, message)
 
     def _customer_message(self, partition: int, raw: bytes) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -150,17 +150,63 @@ def encode_customer_batch(watermarks: Mapping[int, int], events: list[LifecycleE
     )
 
 
-def customer_batches(
-    routed: RoutedBatch, watermarks: Mapping[int, int], partitions: int
-) -> dict[int, bytes]:
-    """One message per internal partition; partitions without events still get one when
-    the watermark moved, so that every partition's event time advances."""
+# An internal message stays well below Kafka's default 1 MB message limit.
+MAX_INTERNAL_MESSAGE_BYTES: Final = 512 * 1024
+# Events per customer-batch message. One large message costs more per event than several
+# small ones: encoding 20,000 events at once and halving until the halves fit the byte
+# bound encoded each event three times, and orjson's buffers of a megabyte or more are
+# fresh memory every time (README, Benchmark).
+MAX_EVENTS_PER_CUSTOMER_MESSAGE: Final = 1000
+
+
+def encoded_runs(
+    watermarks: Mapping[int, int],
+    events: list[LifecycleEvent],
+    max_bytes: int = MAX_INTERNAL_MESSAGE_BYTES,
+    max_events: int = MAX_EVENTS_PER_CUSTOMER_MESSAGE,
+) -> list[bytes]:
+    """`events` in order as customer-batch messages of at most `max_events` events and
+    `max_bytes` bytes each (a run over the byte bound is halved until it fits; a single
+    event always makes a message). An empty list gives one message, which still carries
+    the watermarks."""
+    if not events:
+        return [encode_customer_batch(watermarks, events)]
+    messages: list[bytes] = []
+    for start in range(0, len(events), max_events):
+        messages.extend(_within_bytes(watermarks, events[start : start + max_events], max_bytes))
+    return messages
+
+
+def _within_bytes(
+    watermarks: Mapping[int, int], events: list[LifecycleEvent], max_bytes: int
+) -> list[bytes]:
+    encoded = encode_customer_batch(watermarks, events)
+    if len(encoded) <= max_bytes or len(events) <= 1:
+        return [encoded]
+    half = len(events) // 2
+    return _within_bytes(watermarks, events[:half], max_bytes) + _within_bytes(
+        watermarks, events[half:], max_bytes
+    )
+
+
+def customer_messages(
+    routed: RoutedBatch,
+    watermarks: Mapping[int, int],
+    partitions: int,
+    max_bytes: int = MAX_INTERNAL_MESSAGE_BYTES,
+) -> list[tuple[int, bytes]]:
+    """(internal partition, message) for every internal partition, in partition order.
+
+    Every partition gets at least one message when the input watermark moved, so that
+    every partition's event time advances; a partition with more events than one message
+    holds gets several (see `encoded_runs`)."""
     if not routed.latest_by_input:
-        return {}
-    return {
-        target: encode_customer_batch(watermarks, routed.by_partition.get(target, []))
+        return []
+    return [
+        (target, message)
         for target in range(partitions)
-    }
+        for message in encoded_runs(watermarks, routed.by_partition.get(target, []), max_bytes)
+    ]
 
 
 Decoded = tuple[dict[int, int], list[LifecycleEvent]]  # (watermarks, events) of a message
