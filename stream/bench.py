@@ -123,14 +123,16 @@ def say(message: str) -> None:
 
 
 def rss_trend(samples: Sequence[tuple[float, float]]) -> dict[str, float | None]:
-    """The second half of (seconds since the load started, MB) samples: their lowest and
-    highest value and the least-squares slope in MB a minute (None with fewer than two)."""
+    """The second half of (seconds since the load started, MB) samples: the seconds it
+    spans, its lowest and highest value and their least-squares slope in MB a minute (None
+    with fewer than two). Over a short load the slope says little: the span goes with it."""
     if not samples:
-        return {"low_mb": None, "high_mb": None, "slope_mb_per_minute": None}
+        return {"seconds": None, "low_mb": None, "high_mb": None, "slope_mb_per_minute": None}
     middle = samples[-1][0] / 2
     late = [(t, mb) for t, mb in samples if t >= middle]
     values = [mb for _, mb in late]
     return {
+        "seconds": _round(late[-1][0] - late[0][0], 1),
         "low_mb": _round(min(values), 1),
         "high_mb": _round(max(values), 1),
         "slope_mb_per_minute": _round(_slope(late) * 60, 2) if len(late) > 1 else None,
@@ -693,7 +695,7 @@ def _table_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
             (
                 "  RSS over its second half",
                 f"{trend['low_mb']:,.0f}-{trend['high_mb']:,.0f} MB, "
-                f"{trend['slope_mb_per_minute']:+.1f} MB a minute "
+                f"{trend['slope_mb_per_minute']:+.1f} MB a minute over {trend['seconds']:,.0f} s "
                 f"({len(latency['rss_samples_mb'])} samples in all)",
             )
         )

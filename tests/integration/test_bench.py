@@ -91,6 +91,7 @@ def test_tiny_bench_writes_complete_results(tmp_path):
     assert all(mb > 0 for _, mb in samples)
     trend = latency["rss_second_half"]
     assert 0 < trend["low_mb"] <= trend["high_mb"] and trend["slope_mb_per_minute"] is not None
+    assert 0 < trend["seconds"] <= latency["seconds"]
     assert "RSS over its second half" in done.stdout
     assert data["memory"]["peak_rss_mb"] > 0
 

@@ -530,28 +530,31 @@ def test_the_limit_reports_the_cpu_of_the_consumer_and_the_broker():
 @pytest.mark.parametrize(
     ("samples", "expected"),
     [
-        ([], {"low_mb": None, "high_mb": None, "slope_mb_per_minute": None}),
-        ([(0.0, 300.0)], {"low_mb": 300.0, "high_mb": 300.0, "slope_mb_per_minute": None}),
+        ([], {"seconds": None, "low_mb": None, "high_mb": None, "slope_mb_per_minute": None}),
+        (
+            [(0.0, 300.0)],
+            {"seconds": 0.0, "low_mb": 300.0, "high_mb": 300.0, "slope_mb_per_minute": None},
+        ),
         # flat second half: what the first half did does not count
         (
             [(0.0, 100.0), (60.0, 400.0), (120.0, 400.0)],
-            {"low_mb": 400.0, "high_mb": 400.0, "slope_mb_per_minute": 0.0},
+            {"seconds": 60.0, "low_mb": 400.0, "high_mb": 400.0, "slope_mb_per_minute": 0.0},
         ),
         # one MB a second: 60 MB a minute
         (
             [(0.0, 0.0), (10.0, 10.0), (20.0, 20.0), (30.0, 30.0)],
-            {"low_mb": 20.0, "high_mb": 30.0, "slope_mb_per_minute": 60.0},
+            {"seconds": 10.0, "low_mb": 20.0, "high_mb": 30.0, "slope_mb_per_minute": 60.0},
         ),
         # a sawtooth without a trend
         (
             [(t, 450.0 + (10.0 if i % 2 else 0.0)) for i, t in enumerate(range(0, 600, 10))]
             + [(600.0, 450.0)],
-            {"low_mb": 450.0, "high_mb": 460.0, "slope_mb_per_minute": 0.0},
+            {"seconds": 300.0, "low_mb": 450.0, "high_mb": 460.0, "slope_mb_per_minute": 0.0},
         ),
         # shrinking
         (
             [(0.0, 500.0), (30.0, 500.0), (60.0, 480.0), (90.0, 470.0)],
-            {"low_mb": 470.0, "high_mb": 480.0, "slope_mb_per_minute": -20.0},
+            {"seconds": 30.0, "low_mb": 470.0, "high_mb": 480.0, "slope_mb_per_minute": -20.0},
         ),
     ],
 )
@@ -580,7 +583,7 @@ def test_the_table_shows_the_rss_trend_of_the_second_half():
     assert data["latency"]["rss_second_half"]["slope_mb_per_minute"] == 24.0
     table = bench.format_table(data)
     row = next(line for line in table.splitlines() if "RSS over its second half" in line)
-    assert row.endswith("  306-310 MB, +24.0 MB a minute (4 samples in all)")
+    assert row.endswith("  306-310 MB, +24.0 MB a minute over 10 s (4 samples in all)")
     assert "second half" not in bench.format_table(bench.result_json(_result()))
 
 
