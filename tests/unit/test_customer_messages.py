@@ -45,7 +45,7 @@ def decoded(messages: list[bytes]) -> list[LifecycleEvent]:
 
 
 ONE_EVENT_BYTES = len(encode_customer_batch(WATERMARKS, events(1)))
-TWO_EVENTS_BYTES = len(encode_customer_batch(WATERMARKS, events(2)))  # three do not fit
+TWO_EVENTS_BYTES = len(encode_customer_batch(WATERMARKS, events(2)))
 
 
 @pytest.mark.parametrize(
@@ -57,15 +57,16 @@ TWO_EVENTS_BYTES = len(encode_customer_batch(WATERMARKS, events(2)))  # three do
         (5, 10_000, 4, [4, 1]),
         (9, 10_000, 4, [4, 4, 1]),
         (8, 10_000, 3, [3, 3, 2]),
-        # over the byte bound: each run of max_events is halved until it fits
-        (8, TWO_EVENTS_BYTES, 8, [2, 2, 2, 2]),
-        (5, TWO_EVENTS_BYTES, 4, [2, 2, 1]),
-        (6, TWO_EVENTS_BYTES, 6, [1, 2, 1, 2]),
+        # over the byte bound: cut to what fits (nine tenths of it), and so are the rest
+        # (messages of 1-9 events take 114, 179, 244, ... 634 bytes: 65 a further event)
+        (8, TWO_EVENTS_BYTES, 8, [1, 1, 1, 1, 1, 1, 1, 1]),
+        (9, 400, 8, [4, 4, 1]),  # 8 events: 569 bytes; 8 x 400 / 569 x 0.9 -> 4
+        (9, 450, 8, [5, 4]),  # 8 x 450 / 569 x 0.9 -> 5
         # a single event over the byte bound still makes a message
         (2, ONE_EVENT_BYTES // 2, 4, [1, 1]),
     ],
 )
-def test_runs_hold_at_most_max_events_and_are_halved_to_fit_the_byte_bound(
+def test_runs_hold_at_most_max_events_and_are_cut_to_fit_the_byte_bound(
     count: int, max_bytes: int, max_events: int, sizes: list[int]
 ) -> None:
     batch = events(count)
@@ -75,7 +76,7 @@ def test_runs_hold_at_most_max_events_and_are_halved_to_fit_the_byte_bound(
 
 
 def test_the_default_cuts_a_large_partition_batch_into_messages_of_the_default_size() -> None:
-    batch = events(2 * MAX_EVENTS_PER_CUSTOMER_MESSAGE + 1)
+    batch = events(2 * MAX_EVENTS_PER_CUSTOMER_MESSAGE + 1)  # ~70 bytes each: they fit
     messages = encoded_runs(WATERMARKS, batch)
     sizes = [len(decode_customer_batch(raw)[1]) for raw in messages]
     assert sizes == [MAX_EVENTS_PER_CUSTOMER_MESSAGE, MAX_EVENTS_PER_CUSTOMER_MESSAGE, 1]
