@@ -1,7 +1,9 @@
 """How the ingest stage cuts the input into batches (`Ingest._read_batch`), on the broker:
 once input arrives it keeps reading for `CHURN_BATCH_LINGER_MS` to fill the batch, and a
 batch never holds more than `CHURN_BATCH_MAX_RECORDS`. Once it has read to the end of its
-partitions it stops fetching for the rest of the linger and fetches what gathered at once."""
+partitions it stops fetching for the rest of the linger and fetches what gathered at once.
+And how it forwards a batch (`Ingest._process`): messages of at most
+`MAX_EVENTS_PER_CUSTOMER_MESSAGE` events on the customer-batch topic."""
 
 from __future__ import annotations
 
@@ -13,10 +15,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from stream.broker import create_topics, standard_topics
+from stream.customers import partition_for
 from stream.ingest import IDLE_POLL_MS, Ingest
 from stream.kafka_config import FETCH_MAX_WAIT_MS
 from stream.observability import Metrics
-from tests.integration.kafka_io import produce, produce_paced, reliability_settings, simulated
+from stream.routing import MAX_EVENTS_PER_CUSTOMER_MESSAGE, decode_customer_batch
+from tests.builders import event, iso
+from tests.integration.kafka_io import (
+    produce,
+    produce_paced,
+    read_all,
+    reliability_settings,
+    simulated,
+)
 
 FETCH_API_KEY = 1  # the Kafka protocol's Fetch request
 
@@ -228,3 +239,40 @@ async def test_a_steady_stream_costs_one_fetch_per_batch(broker, topic_prefix, t
     # Without the pause: about three fetches per batch on this broker, more on one that
     # answers each fetch as soon as a record arrives.
     assert len(fetches) <= batch_count + 1, (len(fetches), batch_count)
+
+
+async def test_a_batch_of_one_partition_goes_out_in_messages_of_the_most_events_allowed(
+    broker, topic_prefix, tmp_path
+):
+    """One customer's 12,000 events, read in one batch, reach the customer-batch topic as
+    messages of at most MAX_EVENTS_PER_CUSTOMER_MESSAGE events, in order, each once; every
+    other internal partition gets an empty message (the watermarks)."""
+    count = 2 * MAX_EVENTS_PER_CUSTOMER_MESSAGE + 2000
+    ingest, consumer = await started_ingest(broker, topic_prefix, tmp_path, 20_000, 2_000)
+    settings = ingest._settings
+    raw = [event("c1", "activity", iso(2026, 3, 1, 12), event_id=f"a{i}") for i in range(count)]
+    try:
+        await asyncio.wait_for(assigned(consumer), 60)
+        await produce(broker.bootstrap, settings.input_topic, raw)
+        read = 0
+        while read < count:
+            batch = await asyncio.wait_for(ingest._read_batch(), 60)
+            read += _count(batch)
+            if batch:
+                await ingest._process(batch)
+    finally:
+        await ingest.stop()
+    messages = await read_all(broker.bootstrap, settings.customer_topic)
+    owner = partition_for("c1", settings.partitions)
+    sizes_by_partition: dict[int, list[int]] = {}
+    event_ids: list[str] = []
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        _, events = decode_customer_batch(message.value)
+        sizes_by_partition.setdefault(message.partition, []).append(len(events))
+        event_ids.extend(e.event_id for e in events)
+    assert event_ids == [f"a{i}" for i in range(count)], "each event once, in order"
+    sizes = sizes_by_partition[owner]
+    assert max(sizes) == MAX_EVENTS_PER_CUSTOMER_MESSAGE, sizes
+    assert sum(sizes) == count
+    others = {p: s for p, s in sizes_by_partition.items() if p != owner}
+    assert len(others) == settings.partitions - 1 and all(set(s) == {0} for s in others.values())
