@@ -3,7 +3,7 @@
 A producer sends `--rate` events/s in record batches every `--tick` seconds, spread over
 `--partitions` partitions, and (unless `--no-consumer`) one consumer reads the topic as it
 grows, as the ingest stage does live. Every `--report-seconds` the script prints the
-broker's CPU share (from /proc/<pid>/stat) and the consumer's lag. README (Benchmark →
+broker's CPU share (from its CPU-time clock) and the consumer's lag. README (Benchmark →
 Measured here) quotes what it showed: at a constant offered rate the broker's CPU climbs
 with the number of record batches stored, and only while someone fetches. `--linger S`
 reads as the ingest stage does since 2026-12-05: once records arrive, it waits S seconds

@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -493,6 +496,33 @@ def test_cpu_seconds_of_this_process_grow_with_work():
     assert bench.cpu_seconds(os.getpid()) > start >= 0
     with pytest.raises(OSError):
         bench.cpu_seconds(2**22 + 1)  # above Linux's pid_max: no such process
+
+
+def test_cpu_seconds_see_a_millisecond_of_work():
+    # /proc/<pid>/stat counts 10 ms ticks: a short bench phase read 0.0 there (CI, 2026-12-06).
+    spent = []
+    for _ in range(20):
+        start = bench.cpu_seconds(os.getpid())
+        busy_until = time.thread_time() + 0.001
+        while time.thread_time() < busy_until:
+            pass
+        spent.append(bench.cpu_seconds(os.getpid()) - start)
+    assert all(0.001 <= seconds < 0.5 for seconds in spent), spent
+
+
+def test_cpu_seconds_of_another_process_until_it_is_gone():
+    child = subprocess.Popen(
+        [sys.executable, "-c", "sum(range(10_000_000)); input()"], stdin=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while bench.cpu_seconds(child.pid) < 0.05 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bench.cpu_seconds(child.pid) >= 0.05
+    finally:
+        child.communicate(b"\n", timeout=30)
+    with pytest.raises(OSError):
+        bench.cpu_seconds(child.pid)  # reaped
 
 
 def test_the_table_shows_each_process_cpu_over_the_latency_load():
