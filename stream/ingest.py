@@ -89,6 +89,7 @@ class Ingest:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._next_offsets: dict[TopicPartition, int] = {}
+        self._read_to: dict[TopicPartition, int] = {}  # the next offset to read
         self._assigned: set[int] = set()
         # When the last batch was taken, if none of the polls since came back empty: the
         # records read next may have been waiting since then (see _read_batch).
@@ -111,6 +112,19 @@ class Ingest:
             if tp.partition not in self._watermarks and not await self._read_to_end(tp):
                 return False
         return True
+
+    def backlog(self) -> int:
+        """Input records not read yet, over the assigned partitions, as the last fetch
+        reported their ends (0 before the first batch)."""
+        if self._consumer is None:
+            return 0
+        total = 0
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            read_to = self._read_to.get(tp)
+            if highwater is not None and read_to is not None:
+                total += max(0, highwater - read_to)
+        return total
 
     async def _caught_up(self) -> bool:
         """Whether every assigned input partition is read to its end, as the last fetch
@@ -236,6 +250,8 @@ class Ingest:
         assert self._producer is not None and self._consumer is not None
         settings = self._settings
         records = [message for messages in batches.values() for message in messages]
+        # Before the batch is forwarded: the customer stage, woken by it, reads backlog().
+        self._read_to.update((tp, messages[-1].offset + 1) for tp, messages in batches.items())
         self._metrics.mark_consumed(len(records))
         routed = route_batch(
             records,

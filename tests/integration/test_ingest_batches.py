@@ -276,3 +276,51 @@ async def test_a_batch_of_one_partition_goes_out_in_messages_of_the_most_events_
     assert sum(sizes) == count
     others = {p: s for p, s in sizes_by_partition.items() if p != owner}
     assert len(others) == settings.partitions - 1 and all(set(s) == {0} for s in others.values())
+
+
+async def test_the_backlog_is_what_is_left_to_read_when_a_batch_is_forwarded(
+    broker, topic_prefix, tmp_path
+):
+    """`Ingest.backlog()` (what the customer stage reads to let a backlog queue up): the
+    records of the assigned partitions not read yet, already up to date while a batch is
+    forwarded, since its messages wake the customer stage; 0 before the first batch."""
+    count, max_records = 5_000, 1_000
+    settings = reliability_settings(
+        topic_prefix,
+        broker.url,
+        tmp_path,
+        partitions=1,  # every batch reads the one partition: the backlog is exact
+        alert_topic=f"{topic_prefix}alerts",  # the shared default one has 4 partitions
+        batch_max_records=max_records,
+        batch_linger_ms=0,
+    )
+    await create_topics(broker.bootstrap, standard_topics(settings))
+    raw = [
+        event(f"c{i % 50}", "activity", iso(2026, 3, 1, 12), event_id=f"a{i}") for i in range(count)
+    ]
+    # All of it before the consumer starts: its first fetch reports the end.
+    await produce(broker.bootstrap, settings.input_topic, raw)
+    ingest = Ingest(settings, Metrics.create(CollectorRegistry()))
+    await ingest._start_clients()
+    at_forward: list[int] = []
+    forward = ingest._forward
+
+    async def recording_forward(routed: Any) -> Any:
+        at_forward.append(ingest.backlog())
+        return await forward(routed)
+
+    ingest._forward = recording_forward  # type: ignore[method-assign]
+    read: list[int] = []
+    try:
+        assert ingest.backlog() == 0  # nothing read yet
+        while sum(read) < count:
+            batch = await asyncio.wait_for(ingest._read_batch(), 60)
+            if batch:
+                read.append(_count(batch))
+                await ingest._process(batch)
+        assert ingest.backlog() == 0
+    finally:
+        await ingest.stop()
+    assert max(read) <= max_records and len(read) >= count // max_records
+    left = [count - sum(read[: i + 1]) for i in range(len(read))]
+    assert at_forward == left, (at_forward, read)
