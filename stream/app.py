@@ -88,6 +88,9 @@ REFETCH_TIMEOUT_S: Final = 60.0
 # all); it waits at most CUSTOMER_TAKE_WITHIN_S for more once the queue is empty.
 CUSTOMER_MESSAGES_PER_TAKE: Final = 256
 CUSTOMER_TAKE_WITHIN_S: Final = 0.01
+# How often the customer stage looks whether the ingest stage caught up, while it lets a
+# backlog queue up (CHURN_CUSTOMER_BACKLOG_HOLD_MS).
+BACKLOG_POLL_S: Final = 0.02
 # Table writes the segment stage may have in flight before it waits for the broker.
 MAX_UNACKNOWLEDGED_WRITES: Final = 2000
 # RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and up to
@@ -472,6 +475,7 @@ def _wire(worker: Worker) -> None:
         async for events in taken:
             messages = [event.message for event in events]
             await _guarded(worker, "customers", _apply_taken(worker, messages, delta_topic))
+            await _let_backlog_queue(worker)
 
     @app.agent(delta_topic, name="segments")
     async def segments(stream: StreamT[bytes]) -> None:
@@ -657,6 +661,22 @@ def _customer_runs(messages: list[Any], settings: Settings) -> Iterator[list[Cus
     )
 
 
+async def _let_backlog_queue(worker: Worker) -> None:
+    """While the ingest stage is more than a batch behind its input, wait up to
+    CHURN_CUSTOMER_BACKLOG_HOLD_MS before the next take, so that more of each customer's
+    events queue up for one batch (README, How it works). Stops waiting once the ingest
+    has caught up, and once faust suspends the flow for a rebalance or a stop (it then
+    waits for this take's messages, acknowledged when the next take begins)."""
+    settings = worker.settings
+    deadline = time.monotonic() + settings.customer_backlog_hold_ms / 1000
+    while (
+        time.monotonic() < deadline
+        and worker.ingest.backlog() > settings.batch_max_records
+        and worker.app.flow_control.is_active()
+    ):
+        await asyncio.sleep(BACKLOG_POLL_S)
+
+
 async def _apply_taken(worker: Worker, messages: list[Any], delta_topic: Any) -> None:
     """Apply the customer-batch messages of one take, partition by partition, in runs
     (decoding included: a message that cannot be decoded stops the worker)."""
@@ -776,6 +796,7 @@ async def _apply_customer_batch(
     await table.send()
     worker.confirmed["customers"][partition] = last
     worker.metrics.applied_events.inc(outcome.applied)
+    worker.metrics.customer_batches.inc()
     worker.metrics.duplicate_events.inc(outcome.duplicates)
     worker.health.beyond_retention.inc(outcome.beyond_retention)
 

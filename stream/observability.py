@@ -178,6 +178,7 @@ class Metrics:
     late_events: Counter
     duplicate_events: Counter
     applied_events: Counter
+    customer_batches: Counter
     consumed_messages: Counter
     watermark: Gauge
     last_event_wall: Gauge
@@ -211,6 +212,12 @@ class Metrics:
             ),
             applied_events=Counter(
                 "churn_applied_events", "Events applied to a customer history.", registry=registry
+            ),
+            customer_batches=Counter(
+                "churn_customer_batches",
+                "Batches the customer stage applied (each customer in one is read, recomputed "
+                "and written once).",
+                registry=registry,
             ),
             consumed_messages=Counter(
                 "churn_consumed_messages",

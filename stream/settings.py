@@ -84,6 +84,15 @@ class Settings(BaseSettings):
         description="The most distinct customers in one such batch: each is read, "
         "recomputed and written once per batch, and held in memory until then.",
     )
+    customer_backlog_hold_ms: int = Field(
+        default=2500,
+        ge=0,
+        le=60_000,
+        description="While the ingest stage is more than one batch (batch_max_records) "
+        "behind its input, the customer stage waits up to this long after applying what it "
+        "took, so that more queues up for its next batch: each customer is then read, "
+        "recomputed and written once for more of its events. 0: never wait.",
+    )
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
     )
