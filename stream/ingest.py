@@ -75,14 +75,6 @@ def bounded_dead_letter(rejected: Rejected, topic: str) -> tuple[bytes, bytes | 
     return encoded, key
 
 
-def _ignore_outcomes(acks: list[Awaitable[Any]]) -> None:
-    """Acknowledgements nobody will await: their failures are not logged as unretrieved."""
-    for ack in acks:
-        asyncio.ensure_future(ack).add_done_callback(
-            lambda done: done.cancelled() or done.exception()
-        )
-
-
 class Ingest:
     def __init__(
         self, settings: Settings, metrics: Metrics, health: HealthMetrics | None = None
@@ -102,9 +94,6 @@ class Ingest:
         # When the last batch was taken, if none of the polls since came back empty: the
         # records read next may have been waiting since then (see _read_batch).
         self._taken_at: float | None = None
-        # The last forwarded batch's acknowledgements and commit, awaited in the background
-        # while the next batch is read and routed (see _process).
-        self._settling: asyncio.Future[None] | None = None
 
     @property
     def watermark_ms(self) -> int | None:
@@ -178,8 +167,6 @@ class Ingest:
         try:
             while True:
                 batches = await self._read_batch()
-                if self._settling is not None and self._settling.done():
-                    await self._settled()  # raises what failed while no batch came
                 if batches:
                     await self._process(batches)
                 elif not self._all_reported and await self._partitions_reported():
@@ -254,10 +241,6 @@ class Ingest:
         return sum(len(messages) for messages in more.values())
 
     async def stop(self) -> None:
-        try:
-            await self._settled()
-        except Exception:  # stopping anyway; the batch is read again after a restart
-            log.exception("ingest: the last batch was not acknowledged and committed")
         for client in (self._consumer, self._producer):
             if client is not None:
                 await client.stop()
@@ -283,37 +266,12 @@ class Ingest:
             self._watermarks[partition] = max(self._watermarks.get(partition, time_ms), time_ms)
         self._all_reported = await self._partitions_reported()
         acks = await self._forward(routed)
-        # One batch in flight: its acknowledgements and commit come while the next batch
-        # is read and routed, and before that one's are awaited (commits stay in order).
-        try:
-            await self._settled()
-        except BaseException:
-            _ignore_outcomes(acks)  # this batch is not committed; the failure is raised
-            raise
-        self._settling = asyncio.ensure_future(self._settle(batches, routed, acks))
-
-    async def _settle(
-        self,
-        batches: dict[TopicPartition, list[Any]],
-        routed: RoutedBatch,
-        acks: list[Awaitable[Any]],
-    ) -> None:
-        """Once the broker has every forwarded message of a batch: commit its offsets."""
-        for outcome in await asyncio.gather(*acks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await asyncio.gather(*acks)
         first = min(messages[0].timestamp for messages in batches.values())  # not per event
         self._metrics.observe_latency("ingest", first / 1000)
         committed = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         await self._commit(committed)
         self._count(routed)
-
-    async def _settled(self) -> None:
-        """Wait until the last forwarded batch is acknowledged and committed (raises
-        what failed)."""
-        settling, self._settling = self._settling, None
-        if settling is not None:
-            await settling
 
     async def _publish_watermarks(self) -> None:
         """A message without events to every internal partition, carrying the watermarks."""

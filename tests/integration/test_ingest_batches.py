@@ -12,9 +12,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
 from stream.broker import create_topics, standard_topics
@@ -23,7 +20,6 @@ from stream.ingest import IDLE_POLL_MS, Ingest
 from stream.kafka_config import FETCH_MAX_WAIT_MS
 from stream.observability import Metrics
 from stream.routing import MAX_EVENTS_PER_CUSTOMER_MESSAGE, decode_customer_batch
-from stream.settings import Settings
 from tests.builders import event, iso
 from tests.integration.kafka_io import (
     produce,
@@ -328,130 +324,3 @@ async def test_the_backlog_is_what_is_left_to_read_when_a_batch_is_forwarded(
     assert max(read) <= max_records and len(read) >= count // max_records
     left = [count - sum(read[: i + 1]) for i in range(len(read))]
     assert at_forward == left, (at_forward, read)
-
-
-class HeldAcknowledgements:
-    """Wraps the ingest producer's `send`: each message's acknowledgement is handed on
-    only once the test releases it (or fails it), so that when a batch's acknowledgements
-    are awaited shows."""
-
-    def __init__(self, ingest: Ingest) -> None:
-        self.gate = asyncio.Event()
-        self.failure: BaseException | None = None
-        producer = ingest._producer
-        assert producer is not None
-        send = producer.send
-
-        async def held_send(*args: Any, **kwargs: Any) -> Any:
-            acknowledged = await send(*args, **kwargs)
-            return asyncio.ensure_future(self._after_gate(acknowledged))
-
-        producer.send = held_send  # type: ignore[method-assign]
-
-    async def _after_gate(self, acknowledged: Any) -> Any:
-        await self.gate.wait()
-        if self.failure is not None:
-            raise self.failure
-        return await acknowledged
-
-
-async def read_batches(ingest: Ingest, count: int) -> list[dict[Any, list[Any]]]:
-    batches: list[dict[Any, list[Any]]] = []
-    while sum(_count(batch) for batch in batches) < count:
-        batch = await asyncio.wait_for(ingest._read_batch(), 60)
-        if batch:
-            batches.append(batch)
-    return batches
-
-
-async def committed_reader(broker: Any, settings: Settings) -> AIOKafkaConsumer:
-    """A consumer of the ingest stage's group that only reads its committed offsets."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=broker.bootstrap,
-        group_id=f"{settings.app_id}-ingest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    return consumer
-
-
-def ends(*batches: dict[Any, list[Any]]) -> dict[Any, int]:
-    """The offsets to commit after `batches`, per partition."""
-    offsets: dict[Any, int] = {}
-    for batch in batches:
-        offsets |= {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-    return offsets
-
-
-async def test_a_batch_is_acknowledged_and_committed_while_the_next_is_forwarded(
-    broker, topic_prefix, tmp_path
-):
-    """`_process` forwards a batch and returns without waiting for the broker's
-    acknowledgements: those and the commit come while the next batch is read and routed.
-    One batch is in flight at most: forwarding the next one waits for them, so commits
-    stay in order and each follows its batch's acknowledgements; `stop` settles the last."""
-    ingest, _ = await started_ingest(broker, topic_prefix, tmp_path, 1_000, 0)
-    settings = ingest._settings
-    raw = [
-        event(f"c{i % 50}", "activity", iso(2026, 3, 1, 12), event_id=f"a{i}") for i in range(3_000)
-    ]
-    held = HeldAcknowledgements(ingest)
-    commits = record_commits(ingest)
-    try:
-        await produce(broker.bootstrap, settings.input_topic, raw)
-        first, second, *_ = await read_batches(ingest, len(raw))
-        await asyncio.wait_for(ingest._process(first), 60)  # returns, its acks held
-        forwarding = asyncio.ensure_future(ingest._process(second))
-        await asyncio.sleep(1.0)
-        assert not forwarding.done(), "the second batch waits for the first one's acks"
-        assert commits == []
-        held.gate.set()
-        await asyncio.wait_for(forwarding, 60)
-        assert commits[0] == ends(first)
-    finally:
-        await ingest.stop()  # settles the second batch
-    assert commits == [ends(first), ends(second)]
-    consumer = await committed_reader(broker, settings)
-    try:
-        committed = {tp: await consumer.committed(tp) for tp in ends(first, second)}
-    finally:
-        await consumer.stop()
-    assert committed == ends(first, second)
-
-
-def record_commits(ingest: Ingest) -> list[dict[Any, int]]:
-    """The offsets of each of the stage's commits, in order."""
-    commits: list[dict[Any, int]] = []
-    commit = ingest._commit
-
-    async def recording_commit(offsets: dict[Any, int]) -> None:
-        await commit(offsets)
-        commits.append(dict(offsets))
-
-    ingest._commit = recording_commit  # type: ignore[method-assign]
-    return commits
-
-
-async def test_a_batch_whose_acknowledgement_fails_stops_the_stage_at_the_next_batch(
-    broker, topic_prefix, tmp_path
-):
-    """A forward the broker refuses is not lost in the background: the next batch's
-    `_process` raises it (and the worker stops), and nothing of that batch is committed."""
-    ingest, _ = await started_ingest(broker, topic_prefix, tmp_path, 1_000, 0)
-    settings = ingest._settings
-    raw = [
-        event(f"c{i % 50}", "activity", iso(2026, 3, 1, 12), event_id=f"a{i}") for i in range(2_000)
-    ]
-    held = HeldAcknowledgements(ingest)
-    held.failure = KafkaTimeoutError("refused in the test")
-    commits = record_commits(ingest)
-    try:
-        await produce(broker.bootstrap, settings.input_topic, raw)
-        first, second, *_ = await read_batches(ingest, len(raw))
-        await asyncio.wait_for(ingest._process(first), 60)
-        held.gate.set()
-        with pytest.raises(KafkaTimeoutError, match="refused in the test"):
-            await asyncio.wait_for(ingest._process(second), 60)
-    finally:
-        await ingest.stop()
-    assert commits == []
