@@ -115,7 +115,11 @@ class Ingest:
 
     def backlog(self) -> int:
         """Input records not read yet, over the assigned partitions, as the last fetch
-        reported their ends (0 before the first batch)."""
+        reported their ends (0 before the first batch). A partition not read from yet
+        counts from where its reading starts (`_note_where_reading_starts`): the consumer
+        drains one partition's fetched records before the next one's, and a backlog
+        counted over the partitions read so far looks caught up whenever the current
+        one nearly is."""
         if self._consumer is None:
             return 0
         total = 0
@@ -240,6 +244,17 @@ class Ingest:
             batches.setdefault(tp, []).extend(messages)
         return sum(len(messages) for messages in more.values())
 
+    async def _note_where_reading_starts(self) -> None:
+        """The next offset to read of every assigned partition not read from yet (its
+        position: records fetched but not taken are not read); forget revoked ones."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp in [tp for tp in self._read_to if tp not in assigned]:
+            del self._read_to[tp]
+        for tp in assigned:
+            if tp not in self._read_to:
+                self._read_to[tp] = await self._consumer.position(tp)
+
     async def stop(self) -> None:
         for client in (self._consumer, self._producer):
             if client is not None:
@@ -251,6 +266,7 @@ class Ingest:
         settings = self._settings
         records = [message for messages in batches.values() for message in messages]
         # Before the batch is forwarded: the customer stage, woken by it, reads backlog().
+        await self._note_where_reading_starts()
         self._read_to.update((tp, messages[-1].offset + 1) for tp, messages in batches.items())
         self._metrics.mark_consumed(len(records))
         routed = route_batch(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from stream.broker import create_topics, standard_topics
@@ -278,18 +279,21 @@ async def test_a_batch_of_one_partition_goes_out_in_messages_of_the_most_events_
     assert len(others) == settings.partitions - 1 and all(set(s) == {0} for s in others.values())
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
 async def test_the_backlog_is_what_is_left_to_read_when_a_batch_is_forwarded(
-    broker, topic_prefix, tmp_path
+    broker, topic_prefix, tmp_path, partitions
 ):
     """`Ingest.backlog()` (what the customer stage reads to let a backlog queue up): the
     records of the assigned partitions not read yet, already up to date while a batch is
-    forwarded, since its messages wake the customer stage; 0 before the first batch."""
+    forwarded, since its messages wake the customer stage; 0 before the first batch. With
+    several partitions, also those not read from yet count (the consumer drains one
+    partition's records before the next one's)."""
     count, max_records = 5_000, 1_000
     settings = reliability_settings(
         topic_prefix,
         broker.url,
         tmp_path,
-        partitions=1,  # every batch reads the one partition: the backlog is exact
+        partitions=partitions,
         alert_topic=f"{topic_prefix}alerts",  # the shared default one has 4 partitions
         batch_max_records=max_records,
         batch_linger_ms=0,
