@@ -168,6 +168,7 @@ def reliability_settings(
         "input_topic": f"{prefix}events",
         "output_topic": f"{prefix}metrics",
         "dlq_topic": f"{prefix}dlq",
+        "alert_topic": f"{prefix}alerts",
         "dimensions": DIMENSIONS,
         "metrics_port": free_port(),
         "data_dir": tmp_path / "data",
