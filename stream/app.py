@@ -380,11 +380,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         table("aggregate-emitted"),
     )
     store = PartitionStore(customers_table, is_reserved)
+    spike_table = table("spike-state")
     state_producer = LazyProducer(aiokafka_options(settings))
-    customers_table.attach(state_producer)
+    for restored_in_bulk in (customers_table, entries, meta, emitted, spike_table):
+        restored_in_bulk.attach(state_producer)
     entries_store, meta_store = BufferedStore(entries), BufferedStore(meta)
     emitted_store = BufferedStore(emitted)
-    spike_table = table("spike-state")
     spike_store = BufferedStore(spike_table)
     worker = Worker(
         app=app,

@@ -1,6 +1,7 @@
 """faust tables as the stages use them: acknowledged writes, and bulk writes of raw bytes.
 
-`DurableTable` is a faust table whose changelog writes can be awaited.
+`DurableTable` is a faust table whose changelog writes can be awaited, and whose active
+partitions are restored in bulk with RocksDB (`restore`, below) once it is `attach`ed.
 
 `BulkTable` holds raw bytes keys and values and is written in bulk: `stage` collects
 writes, `flush` puts them into the store with one write per partition and sends the
@@ -9,9 +10,13 @@ changelog offset the store holds (what faust's recovery resumes from). faust's p
 write path (a future, a callback and a persisted-offset write per key) costs ~20 µs a key;
 this costs ~2 µs. The changelog records are exactly those faust would have written for a
 table of raw keys and values, so standby replicas and the memory store's recovery stay
-faust's. With RocksDB the active partitions are restored by `restore` before faust's
+faust's.
+
+With RocksDB the active partitions of both are restored by `restore` before faust's
 recovery looks at them: faust applies changelog records one message at a time (~4,600
-records/s on the embedded broker), `restore` one fetch of many records at a time.
+records/s on the embedded broker), `restore` one fetch of many records at a time. faust's
+RocksDB store keeps a changelog record's key and value bytes as they are, so `restore`
+writes them as they are too, whatever the table's serializers.
 
 What this relies on in faust-streaming 0.15.3 (pinned by tests/integration/test_tables.py,
 exercised by the crash and rebalance tests): the memory store keeps its items in
@@ -84,6 +89,21 @@ class DurableTable(faust.Table):  # type: ignore[misc]
         self._unacknowledged: list[Any] = []
         self._prune_at = _PRUNE_AT
         self._lost_writes = False
+        self._producer: LazyProducer | None = None
+
+    def attach(self, producer: LazyProducer) -> None:
+        """The producer whose connection options the restore uses (and which sends a
+        `BulkTable`'s changelog)."""
+        self._producer = producer
+
+    @property
+    def _stored(self) -> Any:
+        """The store, whose RocksDB and memory internals faust's `StoreT` does not type."""
+        return self.data
+
+    def _memory(self) -> dict[bytes, bytes] | None:
+        data = getattr(self.data, "data", None)
+        return data if isinstance(data, dict) else None
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         future = super().send_changelog(*args, **kwargs)
@@ -123,59 +143,6 @@ class DurableTable(faust.Table):  # type: ignore[misc]
         self._prune()
         return not self._lost_writes and not self._unacknowledged
 
-
-def _succeeded(future: Any) -> bool:
-    return bool(future.done() and not future.cancelled() and future.exception() is None)
-
-
-class BulkTable(DurableTable):
-    """A faust table of raw bytes, read and written per partition, written in bulk."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._staged: dict[int, dict[bytes, bytes]] = {}
-        self._in_flight: list[tuple[int, Any, int]] = []  # (partition, ack, records)
-        self._producer: LazyProducer | None = None
-        # Set while a write is in the store but its changelog records not all handed to
-        # the producer (a stop that cancels it there leaves the store ahead).
-        self._writing = False
-
-    def attach(self, producer: LazyProducer) -> None:
-        """The producer that sends the changelog."""
-        self._producer = producer
-
-    # -- reading -------------------------------------------------------------------------
-    @property
-    def _stored(self) -> Any:
-        """The store, whose RocksDB and memory internals faust's `StoreT` does not type."""
-        return self.data
-
-    def _memory(self) -> dict[bytes, bytes] | None:
-        data = getattr(self.data, "data", None)
-        return data if isinstance(data, dict) else None
-
-    def read(self, partition: int, key: bytes) -> bytes | None:
-        staged = self._staged.get(partition)
-        if staged is not None and key in staged:
-            return staged[key]
-        memory = self._memory()
-        if memory is not None:
-            return memory.get(key)
-        value: bytes | None = self._stored._db_for_partition(partition).get(key)
-        return value
-
-    def read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
-        """`read` of each key, those in the store in one (multi-get) call."""
-        memory = self._memory()
-        if memory is not None:
-            values = [memory.get(key) for key in keys]
-        else:
-            values = self._stored._db_for_partition(partition).get(keys)
-        staged = self._staged.get(partition)
-        if staged:
-            values = [staged.get(key, value) for key, value in zip(keys, values, strict=True)]
-        return values
-
     # -- restoring -----------------------------------------------------------------------
     async def on_rebalance(
         self,
@@ -200,7 +167,7 @@ class BulkTable(DurableTable):
         last record (`exact_end_offsets`, as faust's recovery does); the records applied."""
         if not partitions:
             return 0
-        assert self._producer is not None, "BulkTable.attach() was not called"
+        assert self._producer is not None, "attach() was not called"
         consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
@@ -281,6 +248,45 @@ class BulkTable(DurableTable):
             self._stored._db_for_partition(tp.partition).write(batch)
             self.data.set_persisted_offset(TP(tp.topic, tp.partition), messages[count - 1].offset)
         return count
+
+
+def _succeeded(future: Any) -> bool:
+    return bool(future.done() and not future.cancelled() and future.exception() is None)
+
+
+class BulkTable(DurableTable):
+    """A faust table of raw bytes, read and written per partition, written in bulk."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._staged: dict[int, dict[bytes, bytes]] = {}
+        self._in_flight: list[tuple[int, Any, int]] = []  # (partition, ack, records)
+        # Set while a write is in the store but its changelog records not all handed to
+        # the producer (a stop that cancels it there leaves the store ahead).
+        self._writing = False
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        staged = self._staged.get(partition)
+        if staged is not None and key in staged:
+            return staged[key]
+        memory = self._memory()
+        if memory is not None:
+            return memory.get(key)
+        value: bytes | None = self._stored._db_for_partition(partition).get(key)
+        return value
+
+    def read_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """`read` of each key, those in the store in one (multi-get) call."""
+        memory = self._memory()
+        if memory is not None:
+            values = [memory.get(key) for key in keys]
+        else:
+            values = self._stored._db_for_partition(partition).get(keys)
+        staged = self._staged.get(partition)
+        if staged:
+            values = [staged.get(key, value) for key, value in zip(keys, values, strict=True)]
+        return values
 
     def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every stored item of the partitions this worker holds."""

@@ -17,7 +17,7 @@ from faust.types import TP
 
 import stream.tables
 from stream.broker import EmbeddedBroker, TopicSpec, create_topics
-from stream.tables import BulkTable, LazyProducer, PartitionStore
+from stream.tables import BulkTable, DurableTable, LazyProducer, PartitionStore
 
 
 async def _end_offset(bootstrap: str, topic: str) -> int:
@@ -201,6 +201,64 @@ async def test_restore_applies_the_changelog_in_order_up_to_its_end_and_then_not
         assert await reader.restore([0, 1]) == 0  # up to date: faust's recovery reads nothing
     finally:
         await reader_producer.stop()
+
+
+async def test_a_table_written_through_faust_is_restored_in_bulk_and_read_back_by_faust(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The aggregate tables (str keys, JSON values, written key by key through faust's
+    changelog path) restore in bulk like the customers table: the changelog records hold
+    faust's own encoding of each key and value, which its RocksDB store keeps as they are,
+    so faust reads back the latest value of every key."""
+    writer_app = _app(broker, topic_prefix, "rocksdb://", tmp_path / "writer")
+    writer = _json_table(writer_app)
+    topic = writer.changelog_topic_name
+    await create_topics(broker.bootstrap, [TopicSpec(topic, 2)])
+    serializers = writer_app.serializers
+    latest: dict[str, Any] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        sent = []
+        for version in range(3):  # each key written three times, the last value wins
+            for i in range(500):
+                key = f"plan=pro|month|2026-{1 + i % 12:02d}|{i}"
+                value = {"customers": version * 1000 + i, "mrr": f"{i}.{version:02d}"}
+                sent.append(
+                    await producer.send(
+                        topic,
+                        key=serializers.dumps_key(str, key, serializer=writer.key_serializer),
+                        value=serializers.dumps_value(
+                            None, value, serializer=writer.value_serializer
+                        ),
+                        partition=i % 2,
+                    )
+                )
+                latest[key] = value
+        await producer.flush()
+        await asyncio.gather(*sent)  # in multi-record batches: Tansu's end offsets are short
+    finally:
+        await producer.stop()
+
+    reader = _json_table(_app(broker, topic_prefix, "rocksdb://", tmp_path / "reader"))
+    reader_producer = LazyProducer({"bootstrap_servers": broker.bootstrap})
+    reader.attach(reader_producer)
+    try:
+        assert await reader.restore([0, 1]) == 3 * 500
+        assert {key: reader[key] for key in latest} == latest
+        for partition in (0, 1):
+            assert reader.data.persisted_offset(TP(topic, partition)) == 3 * 250 - 1
+        assert await reader.restore([0, 1]) == 0  # up to date: faust's recovery reads nothing
+    finally:
+        await reader_producer.stop()
+
+
+def _json_table(app: faust.App) -> DurableTable:
+    table = DurableTable(
+        app, name="aggregates", default=None, beacon=app.tables.beacon, partitions=2, key_type=str
+    )
+    app.tables.add(table)
+    return table
 
 
 class _UnreachableProducer(LazyProducer):
