@@ -329,6 +329,7 @@ def _faust_app(settings: Settings) -> faust.App:
         web_port=settings.metrics_port,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 10),
+        consumer_group_instance_id=settings.group_instance_id,
         table_standby_replicas=settings.standby_replicas,
         producer_linger=0.005,
         producer_max_batch_size=settings.producer_max_batch_size,

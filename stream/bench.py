@@ -1558,10 +1558,20 @@ def worker_settings(base: Settings, run_id: str, work_dir: Path, workers: int) -
     }
     return [
         base.model_copy(
-            update={**shared, "metrics_port": free_port(), "data_dir": work_dir / f"worker-{i}"}
+            update={
+                **shared,
+                "metrics_port": free_port(),
+                "data_dir": work_dir / f"worker-{i}",
+                "group_instance_id": _numbered(base.group_instance_id, i),
+            }
         )
         for i in range(workers)
     ]
+
+
+def _numbered(group_instance_id: str | None, worker: int) -> str | None:
+    """Each worker's own static member name (`--group-instance-id NAME`: NAME-0, NAME-1…)."""
+    return None if group_instance_id is None else f"{group_instance_id}-{worker}"
 
 
 def describe_setup(

@@ -57,6 +57,13 @@ IDLE_POLL_MS: Final = 200
 _WATCHDOG_INTERVAL_S: Final = 1.0
 
 
+def ingest_instance_id(settings: Settings) -> str | None:
+    """The ingest consumer's static member name (its group is not faust's, so the name
+    must differ from the worker's)."""
+    name = settings.group_instance_id
+    return None if name is None else f"{name}-ingest"
+
+
 def bounded_dead_letter(rejected: Rejected, topic: str) -> tuple[bytes, bytes | None]:
     """The dead-letter value and key, with an oversized original or key truncated."""
     record = rejected.record
@@ -150,6 +157,7 @@ class Ingest:
         self._consumer = AIOKafkaConsumer(
             settings.input_topic,
             group_id=f"{settings.app_id}-ingest",
+            group_instance_id=ingest_instance_id(settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=settings.session_timeout_seconds * 1000,

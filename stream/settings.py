@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     session_timeout_seconds: int = Field(
         default=10, ge=3, description="Kafka group session timeout (failover time after a crash)."
     )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Static group membership (Kafka's group.instance.id): a stable name per "
+        "worker, such as its pod's. A worker restarted under the same name gets its "
+        "partitions back without waiting for its old session to expire; one that stops "
+        "keeps them until its session expires. The ingest stage's consumer uses "
+        "<name>-ingest. Unset: dynamic membership.",
+    )
     standby_replicas: int = Field(
         default=0,
         ge=0,

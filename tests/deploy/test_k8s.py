@@ -140,6 +140,17 @@ def test_the_sasl_password_comes_from_a_secret():
     assert container["envFrom"] == [{"configMapRef": {"name": config_map}}]
 
 
+def test_each_pod_is_a_static_group_member_named_after_itself():
+    """A StatefulSet pod keeps its name across restarts: CHURN_GROUP_INSTANCE_ID (and so the
+    ingest stage's `<name>-ingest`) stays the same, and differs between pods."""
+    (container,) = _one("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["CHURN_GROUP_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
+    assert "CHURN_GROUP_INSTANCE_ID" not in _one("ConfigMap")["data"]  # one name per pod
+
+
 def test_pods_run_as_the_images_non_root_user():
     pod = _one("StatefulSet")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stream.app import create_app
+from stream.ingest import ingest_instance_id
 from stream.settings import Settings
 
 
@@ -20,3 +21,17 @@ def test_no_standby_replicas_unless_asked(tmp_path: Path) -> None:
 def test_standby_replicas_reach_faust(tmp_path: Path, replicas: int) -> None:
     settings = Settings(data_dir=tmp_path / "data", standby_replicas=replicas)
     assert create_app(settings).app.conf.table_standby_replicas == replicas
+
+
+def test_dynamic_membership_unless_a_name_is_given(tmp_path: Path) -> None:
+    worker = create_app(Settings(data_dir=tmp_path / "data"))
+    assert worker.app.conf.consumer_group_instance_id is None
+    assert ingest_instance_id(worker.settings) is None
+
+
+def test_a_static_member_name_reaches_faust_and_the_ingest_consumer(tmp_path: Path) -> None:
+    """The ingest stage's group is not faust's: its member needs a name of its own."""
+    settings = Settings(data_dir=tmp_path / "data", group_instance_id="churn-stream-0")
+    worker = create_app(settings)
+    assert worker.app.conf.consumer_group_instance_id == "churn-stream-0"
+    assert ingest_instance_id(settings) == "churn-stream-0-ingest"

@@ -363,6 +363,12 @@ def test_worker_settings_share_a_group_and_nothing_else(tmp_path):
     assert {s.input_topic for s in workers} == {"bench-r1-events"}
     assert len({s.metrics_port for s in workers}) == 2
     assert len({s.data_dir for s in workers}) == 2
+    assert {s.group_instance_id for s in workers} == {None}
+
+
+def test_each_bench_worker_gets_its_own_static_member_name(tmp_path):
+    workers = bench.worker_settings(Settings(group_instance_id="w"), "r1", tmp_path, 2)
+    assert [s.group_instance_id for s in workers] == ["w-0", "w-1"]
 
 
 def test_quiet_seconds_follow_the_emit_interval():
