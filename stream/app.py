@@ -61,6 +61,7 @@ from faust.web import Request, Response, View
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Gauge,
     ProcessCollector,
 )
 
@@ -75,6 +76,7 @@ from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
 from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector, exposition
 from stream.records import encode_record
+from stream.rocksdb_memory import RocksDBMemory
 from stream.routing import Decoded, decode_customer_batch, decode_deltas, encode_deltas
 from stream.settings import Settings
 from stream.spikes import SpikeAlert
@@ -287,6 +289,7 @@ class Worker:
     ingest: Ingest
     refetcher: Refetcher
     state_producer: LazyProducer
+    rocksdb_memory: RocksDBMemory | None  # None with the memory store
     # customer partition -> input partition -> event time: what that partition has seen
     watermarks: dict[int, dict[int, int]] = field(default_factory=dict)
     last_flush: dict[int, float] = field(default_factory=dict)
@@ -383,8 +386,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     store = PartitionStore(customers_table, is_reserved)
     spike_table = table("spike-state")
     state_producer = LazyProducer(aiokafka_options(settings))
+    rocksdb_memory = _rocksdb_memory(settings, metrics.registry)
     for restored_in_bulk in (customers_table, entries, meta, emitted, spike_table):
         restored_in_bulk.attach(state_producer)
+        if rocksdb_memory is not None:
+            restored_in_bulk.share_rocksdb_memory(rocksdb_memory)
     entries_store, meta_store = BufferedStore(entries), BufferedStore(meta)
     emitted_store = BufferedStore(emitted)
     spike_store = BufferedStore(spike_table)
@@ -412,6 +418,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         ingest=Ingest(settings, metrics, health),
         refetcher=Refetcher(settings),
         state_producer=state_producer,
+        rocksdb_memory=rocksdb_memory,
     )
     metrics.registry.register(
         WindowCollector(
@@ -443,6 +450,20 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     ProcessCollector(registry=metrics.registry)
     _wire(worker)
     return worker
+
+
+def _rocksdb_memory(settings: Settings, registry: CollectorRegistry) -> RocksDBMemory | None:
+    """The one memory budget of the worker's RocksDB databases, and its gauge."""
+    if settings.store != "rocksdb://":
+        return None
+    memory = RocksDBMemory(settings.rocksdb_memory_mb * _MIB)
+    Gauge(
+        "churn_rocksdb_memory_bytes",
+        "Bytes of the shared RocksDB block cache in use, memtables included "
+        "(CHURN_ROCKSDB_MEMORY_MB bounds it).",
+        registry=registry,
+    ).set_function(memory.usage_bytes)
+    return memory
 
 
 def _bulk_table(app: faust.App, name: str, settings: Settings) -> BulkTable:

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         default="memory://", description="faust table store: memory:// or rocksdb://."
     )
     data_dir: Path = Field(default=Path("data"), description="faust data dir (RocksDB files).")
+    rocksdb_memory_mb: int = Field(
+        default=256,
+        ge=8,
+        description="With rocksdb://: one block cache of this many MiB for every RocksDB "
+        "database of the worker, the memtables charged to it (whatever the partitions held).",
+    )
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the internal topics (= input partitions)."
     )

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from stream.end_offsets import exact_end_offsets
+from stream.rocksdb_memory import RocksDBMemory
 
 # Records per changelog producer batch stay under the broker's default message limit.
 BULK_BATCH_BYTES: Final = 512 * 1024
@@ -90,6 +91,20 @@ class DurableTable(faust.Table):  # type: ignore[misc]
         self._prune_at = _PRUNE_AT
         self._lost_writes = False
         self._producer: LazyProducer | None = None
+        self._rocksdb_memory: RocksDBMemory | None = None
+
+    def share_rocksdb_memory(self, memory: RocksDBMemory) -> None:
+        """Open this table's RocksDB databases within the worker's one memory budget
+        (before the table starts: the store is created then)."""
+        assert self._data is None, "the store was created already"
+        self._rocksdb_memory = memory
+
+    def _new_store(self) -> Any:
+        store: Any = super()._new_store()
+        options = getattr(store, "rocksdb_options", None)
+        if self._rocksdb_memory is not None and options is not None:
+            store.rocksdb_options = self._rocksdb_memory.options_like(options)
+        return store
 
     def attach(self, producer: LazyProducer) -> None:
         """The producer whose connection options the restore uses (and which sends a

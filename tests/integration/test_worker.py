@@ -140,6 +140,12 @@ async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix,
         seconds = sample_value(metrics, "churn_stage_latency_seconds_sum", stage=stage)
         assert handled and handled > 0, stage
         assert seconds is not None and 0 < seconds / handled < 120, (stage, seconds, handled)
+    rocksdb_memory = sample_value(metrics, "churn_rocksdb_memory_bytes")
+    if store == "rocksdb://":  # the memtables holding what was written, at least
+        budget = settings.rocksdb_memory_mb * 1024 * 1024
+        assert rocksdb_memory is not None and 0 < rocksdb_memory <= budget, rocksdb_memory
+    else:
+        assert rocksdb_memory is None
     flushes = sample_value(metrics, "churn_flush_seconds_count")
     flush_seconds = sample_value(metrics, "churn_flush_seconds_sum")
     assert flushes and flush_seconds is not None and 0 < flush_seconds / flushes < 60
