@@ -61,7 +61,6 @@ from faust.web import Request, Response, View
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Gauge,
     ProcessCollector,
 )
 
@@ -74,7 +73,14 @@ from stream.gc_schedule import GC_INTERVAL_SECONDS, Collector
 from stream.ingest import Ingest
 from stream.kafka_config import aiokafka_options, faust_credentials
 from stream.local_pipeline import merge_watermarks
-from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector, exposition
+from stream.observability import (
+    HealthMetrics,
+    Metrics,
+    TableSizes,
+    WindowCollector,
+    exposition,
+    register_rocksdb_memory,
+)
 from stream.records import encode_record
 from stream.rocksdb_memory import RocksDBMemory
 from stream.routing import Decoded, decode_customer_batch, decode_deltas, encode_deltas
@@ -457,12 +463,7 @@ def _rocksdb_memory(settings: Settings, registry: CollectorRegistry) -> RocksDBM
     if settings.store != "rocksdb://":
         return None
     memory = RocksDBMemory(settings.rocksdb_memory_mb * _MIB)
-    Gauge(
-        "churn_rocksdb_memory_bytes",
-        "Bytes of the shared RocksDB block cache in use, memtables included "
-        "(CHURN_ROCKSDB_MEMORY_MB bounds it).",
-        registry=registry,
-    ).set_function(memory.usage_bytes)
+    register_rocksdb_memory(registry, memory.usage_bytes)
     return memory
 
 

@@ -325,6 +325,16 @@ class HealthMetrics:
             self.assigned.labels(topic, str(partition)).set(1)
 
 
+def register_rocksdb_memory(registry: CollectorRegistry, usage_bytes: Callable[[], float]) -> None:
+    """`churn_rocksdb_memory_bytes`, read at scrape time (RocksDB store only)."""
+    Gauge(
+        "churn_rocksdb_memory_bytes",
+        "Bytes of the shared RocksDB block cache in use, memtables included "
+        "(CHURN_ROCKSDB_MEMORY_MB bounds it).",
+        registry=registry,
+    ).set_function(usage_bytes)
+
+
 def _table_keys_family() -> GaugeMetricFamily:
     return GaugeMetricFamily(
         "churn_table_keys", "Keys held in each table of this worker.", labels=["table"]

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("data"), description="faust data dir (RocksDB files).")
     rocksdb_memory_mb: int = Field(
-        default=256,
+        default=128,
         ge=8,
         description="With rocksdb://: one block cache of this many MiB for every RocksDB "
         "database of the worker, the memtables charged to it (whatever the partitions held).",

@@ -20,7 +20,13 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from stream.local_pipeline import LocalPipeline
-from stream.observability import HealthMetrics, Metrics, TableSizes, WindowCollector
+from stream.observability import (
+    HealthMetrics,
+    Metrics,
+    TableSizes,
+    WindowCollector,
+    register_rocksdb_memory,
+)
 from stream.simulator import SimulationConfig, generate_events
 from stream.spikes import SpikeDetector
 from tests.deploy.promql import (
@@ -166,6 +172,7 @@ def _worker_exposition() -> bytes:
     metrics.observe_latency("customers", time.time() - 0.2)
     metrics.flush_seconds.observe(0.1)
     registry.register(TableSizes({"customers": _StoredTable({"c-1": {}})}, reserved_keys=[]))
+    register_rocksdb_memory(registry, lambda: 64 * 1024 * 1024)
     return generate_latest(registry)
 
 
