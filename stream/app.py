@@ -109,18 +109,16 @@ CUSTOMER_TAKE_WITHIN_S: Final = 0.01
 BACKLOG_POLL_S: Final = 0.02
 # Table writes the segment stage may have in flight before it waits for the broker.
 MAX_UNACKNOWLEDGED_WRITES: Final = 2000
-# RocksDB memory per table partition (faust's defaults are a 2 GiB block cache and up to
-# 3 x 64 MiB of memtables for every partition of every table): what bounds the worker's
-# RSS with the RocksDB store. README, Sizing.
+# The memtables of each table partition's RocksDB database (faust's default is up to
+# 3 x 64 MiB). The block cache is not set here: every database of a worker shares one
+# of CHURN_ROCKSDB_MEMORY_MB, which these memtables are charged to (rocksdb_memory).
 CUSTOMERS_ROCKSDB: Final = {
     "write_buffer_size": 16 * _MIB,
     "max_write_buffer_number": 2,
-    "block_cache_size": 32 * _MIB,
 }
 SMALL_TABLE_ROCKSDB: Final = {
     "write_buffer_size": 4 * _MIB,
     "max_write_buffer_number": 2,
-    "block_cache_size": 8 * _MIB,
 }
 
 

@@ -13,8 +13,6 @@ cache (the index and filter blocks of open table files: small at these key count
 
 from __future__ import annotations
 
-from typing import Any
-
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 
@@ -40,8 +38,6 @@ class RocksDBMemory:
             write_buffer_size=options.write_buffer_size,
             max_write_buffer_number=options.max_write_buffer_number,
             target_file_size_base=options.target_file_size_base,
-            block_cache_size=options.block_cache_size,
-            block_cache_compressed_size=options.block_cache_compressed_size,
             bloom_filter_size=options.bloom_filter_size,
             use_rocksdict=options.use_rocksdict,
             ttl=options.ttl,
@@ -52,19 +48,25 @@ class RocksDBMemory:
 
 
 class SharedMemoryOptions(RocksDBOptions):  # type: ignore[misc]
-    """faust's rocksdict options (`RocksDBOptions.as_options`), with the shared cache and
-    write buffer manager in place of a block cache per database."""
+    """faust's rocksdict options (those of `RocksDBOptions.as_options`), with the shared
+    cache and write buffer manager where faust builds a block cache per database."""
 
     memory: RocksDBMemory
 
-    def as_options(self) -> Any:
+    def as_options(self) -> rocksdict.Options:
         if not self.use_rocksdict:
             raise ValueError("CHURN_ROCKSDB_MEMORY_MB needs faust's rocksdict driver")
-        options = super().as_options()
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        if self.max_open_files is not None:
+            options.set_max_open_files(self.max_open_files)
+        options.set_write_buffer_size(self.write_buffer_size)
+        options.set_target_file_size_base(self.target_file_size_base)
+        options.set_max_write_buffer_number(self.max_write_buffer_number)
+        options.set_write_buffer_manager(self.memory.write_buffers)
         table_options = rocksdict.BlockBasedOptions()
         table_options.set_bloom_filter(self.bloom_filter_size, block_based=True)
         table_options.set_block_cache(self.memory.cache)
         table_options.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
         options.set_block_based_table_factory(table_options)
-        options.set_write_buffer_manager(self.memory.write_buffers)
         return options

@@ -16,9 +16,7 @@ KEYS = 3 * BUDGET // VALUE_BYTES  # each database holds three budgets of data
 
 
 def _options(memory: RocksDBMemory) -> RocksDBOptions:
-    faust_options = RocksDBOptions(
-        write_buffer_size=MIB, max_write_buffer_number=2, block_cache_size=64 * MIB
-    )
+    faust_options = RocksDBOptions(write_buffer_size=MIB, max_write_buffer_number=2)
     return memory.options_like(faust_options)
 
 
