@@ -66,6 +66,7 @@ from prometheus_client import (
 
 from stream.aggregation import Aggregator, by_dimension
 from stream.alerting import Emitted, SpikeAlerts
+from stream.c_heap import heap_figures, heap_trimmer
 from stream.customers import CustomerStage, partition_for
 from stream.events import MAX_ID_LENGTH
 from stream.faust_consumer import use_worker_consumer
@@ -79,6 +80,7 @@ from stream.observability import (
     TableSizes,
     WindowCollector,
     exposition,
+    register_c_heap,
     register_rocksdb_memory,
 )
 from stream.records import encode_record
@@ -452,6 +454,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         )
     )
     ProcessCollector(registry=metrics.registry)
+    figures = heap_figures()
+    if figures is not None:
+        register_c_heap(metrics.registry, figures)
     _wire(worker)
     return worker
 
@@ -535,6 +540,15 @@ def _wire(worker: Worker) -> None:
     @app.timer(GC_INTERVAL_SECONDS)
     async def collect_garbage() -> None:
         collector.collect()
+
+    trim_heap = heap_trimmer()
+    if trim_heap is not None and settings.heap_trim_interval_seconds > 0:
+
+        @app.timer(settings.heap_trim_interval_seconds)
+        async def release_free_heap() -> None:
+            # in a thread: the event loop runs on while glibc walks the heap (~5-30 ms)
+            released = await asyncio.to_thread(trim_heap)
+            worker.health.heap_trims.labels(str(released).lower()).inc()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's handler type
     async def reload(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -283,6 +283,7 @@ class HealthMetrics:
     refetched: Counter
     redone: Counter
     beyond_retention: Counter
+    heap_trims: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HealthMetrics:
@@ -315,6 +316,13 @@ class HealthMetrics:
                 "Valid events older than the retention horizon: counted, not applied.",
                 registry=registry,
             ),
+            heap_trims=Counter(
+                "churn_heap_trims",
+                "Scheduled returns of the C heap's free pages to the system, by whether "
+                "they released any (CHURN_HEAP_TRIM_INTERVAL_SECONDS).",
+                ["released"],
+                registry=registry,
+            ),
         )
 
     def set_assignment(self, topic: str, partitions: set[int], previous: set[int]) -> None:
@@ -333,6 +341,35 @@ def register_rocksdb_memory(registry: CollectorRegistry, usage_bytes: Callable[[
         "(CHURN_ROCKSDB_MEMORY_MB bounds it).",
         registry=registry,
     ).set_function(usage_bytes)
+
+
+class CHeap(Collector):
+    """`churn_c_heap_bytes{kind}`: the C heap's bytes in use, free inside it (resident
+    until trimmed) and in blocks mapped on their own, read at scrape time."""
+
+    def __init__(self, figures: Callable[[], dict[str, int]]) -> None:
+        self._figures = figures
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for kind, value in self._figures().items():
+            family.add_metric([kind], value)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "churn_c_heap_bytes",
+            "The C heap (glibc malloc): bytes in use, free inside it, in mapped blocks.",
+            labels=["kind"],
+        )
+
+
+def register_c_heap(registry: CollectorRegistry, figures: Callable[[], dict[str, int]]) -> None:
+    registry.register(CHeap(figures))
 
 
 def _table_keys_family() -> GaugeMetricFamily:

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
         description="With rocksdb://: one block cache of this many MiB for every RocksDB "
         "database of the worker, the memtables charged to it (whatever the partitions held).",
     )
+    heap_trim_interval_seconds: float = Field(
+        default=15,
+        ge=0,
+        description="How often the worker hands the free pages inside its C heap back to the "
+        "system (glibc's malloc_trim); 0: never.",
+    )
     partitions: int = Field(
         default=4, ge=1, description="Partitions of the internal topics (= input partitions)."
     )

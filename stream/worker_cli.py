@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from stream import local_state
+from stream.c_heap import map_large_blocks
 from stream.cli import add_settings_flags, settings_from
 from stream.gc_schedule import collect_on_schedule
 from stream.kafka_config import aiokafka_options, describe
@@ -99,6 +100,7 @@ def run_worker(settings: Settings) -> int:
     from stream.app import create_app
     from stream.faust_worker import SpinnerlessWorker
 
+    map_large_blocks()  # before the tables and the consumers allocate
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = create_app(settings)
     collect_on_schedule()  # the app's `collect_garbage` timer collects

@@ -25,6 +25,7 @@ from stream.observability import (
     Metrics,
     TableSizes,
     WindowCollector,
+    register_c_heap,
     register_rocksdb_memory,
 )
 from stream.simulator import SimulationConfig, generate_events
@@ -169,10 +170,12 @@ def _worker_exposition() -> bytes:
     health.refetched.labels(stage="segments").inc()
     health.redone.inc()
     health.beyond_retention.inc()
+    health.heap_trims.labels(released="true").inc()
     metrics.observe_latency("customers", time.time() - 0.2)
     metrics.flush_seconds.observe(0.1)
     registry.register(TableSizes({"customers": _StoredTable({"c-1": {}})}, reserved_keys=[]))
     register_rocksdb_memory(registry, lambda: 64 * 1024 * 1024)
+    register_c_heap(registry, lambda: {"in_use": 90_000_000, "free": 9_000_000, "mapped": 0})
     return generate_latest(registry)
 
 

@@ -61,6 +61,7 @@ def worker_settings(prefix: str, broker_url: str, tmp_path, store: str = "memory
         metrics_port=free_port(),
         data_dir=tmp_path / "data",
         emit_interval_seconds=0.5,
+        heap_trim_interval_seconds=0.5,
         session_timeout_seconds=6,
         max_future_seconds=10**9,
         store=store,
@@ -146,6 +147,9 @@ async def test_worker_emits_exact_metrics_and_dead_letters(broker, topic_prefix,
         assert rocksdb_memory is not None and 0 < rocksdb_memory <= budget, rocksdb_memory
     else:
         assert rocksdb_memory is None
+    assert sample_sum(metrics, "churn_heap_trims_total") > 0
+    heap_in_use = sample_value(metrics, "churn_c_heap_bytes", kind="in_use")
+    assert heap_in_use is not None and heap_in_use > 0
     flushes = sample_value(metrics, "churn_flush_seconds_count")
     flush_seconds = sample_value(metrics, "churn_flush_seconds_sum")
     assert flushes and flush_seconds is not None and 0 < flush_seconds / flushes < 60
