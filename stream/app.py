@@ -546,7 +546,7 @@ def _wire(worker: Worker) -> None:
 
         @app.timer(settings.heap_trim_interval_seconds)
         async def release_free_heap() -> None:
-            # in a thread: the event loop runs on while glibc walks the heap (~5-30 ms)
+            # in a thread: the event loop runs on while glibc walks the heap (2-40 ms)
             released = await asyncio.to_thread(trim_heap)
             worker.health.heap_trims.labels(str(released).lower()).inc()
 

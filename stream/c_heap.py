@@ -8,8 +8,10 @@ so once the first RocksDB memtable block (2 MiB for the customers table) or larg
 buffer was freed, later ones came from the heap too, and what they left when freed stayed
 resident below live allocations. In the 10-minute memory run the heap grew to ~300 MB, half
 of it free, and the worker's RSS crept up with it. Setting the threshold (which turns the
-rise off) kept the heap at ~125 MB with ~10-25 MB free, and `malloc_trim(0)` (~5-30 ms here)
-returns the whole free pages left inside it. README, Benchmark → Measured here.
+rise off) kept the heap at 140-172 MB with 10-61 MB free, and `malloc_trim(0)` (2-40 ms
+here) returns the whole free pages left inside it. The restore after a crash may be
+10-20 % slower for it (fresh mappings for its memtable blocks): open. README, Benchmark →
+Measured here, "The C heap".
 
 Where the C library is not glibc (musl, macOS) there is nothing to call: the worker runs
 without it.
