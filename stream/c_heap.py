@@ -9,9 +9,9 @@ buffer was freed, later ones came from the heap too, and what they left when fre
 resident below live allocations. In the 10-minute memory run the heap grew to ~300 MB, half
 of it free, and the worker's RSS crept up with it. Setting the threshold (which turns the
 rise off) kept the heap at 140-172 MB with 10-61 MB free, and `malloc_trim(0)` (2-40 ms
-here) returns the whole free pages left inside it. The restore after a crash may be
-10-20 % slower for it (fresh mappings for its memtable blocks): open. README, Benchmark →
-Measured here, "The C heap".
+here) returns the whole free pages left inside it. A restore ran ~15 % slower with the
+threshold fixed, so the worker fixes it once its first restore is over
+(`stream/worker_cli.py`). README, Benchmark → Measured here, "The C heap".
 
 Where the C library is not glibc (musl, macOS) there is nothing to call: the worker runs
 without it.
