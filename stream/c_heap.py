@@ -9,9 +9,10 @@ buffer was freed, later ones came from the heap too, and what they left when fre
 resident below live allocations. In the 10-minute memory run the heap grew to ~300 MB, half
 of it free, and the worker's RSS crept up with it. Setting the threshold (which turns the
 rise off) kept the heap at 140-172 MB with 10-61 MB free, and `malloc_trim(0)` (2-40 ms
-here) returns the whole free pages left inside it. A restore ran ~15 % slower with the
+here) returns the whole free pages left inside it. A restore ran ~13 % slower with the
 threshold fixed, so the worker fixes it once its first restore is over
-(`stream/worker_cli.py`). README, Benchmark → Measured here, "The C heap".
+(`stream/worker_cli.py`). README, Benchmark → Measured here, "The C heap" and "The
+threshold after the first restore".
 
 Where the C library is not glibc (musl, macOS) there is nothing to call: the worker runs
 without it.

@@ -127,8 +127,8 @@ def run_worker(settings: Settings) -> int:
 
 def _map_large_blocks_once_restored(app: Any) -> None:
     """Fix glibc's mmap threshold (stream/c_heap.py) once the first restore is over: a
-    restore ran ~15 % slower with it fixed (README, "The C heap"), while the holes it
-    prevents build up over hours of steady load."""
+    restore ran ~13 % slower with it fixed (README, "The threshold after the first
+    restore"), while the holes it prevents build up over hours of steady load."""
     done = False
 
     @app.on_rebalance_complete.connect
