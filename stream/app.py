@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import faust
+import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import ChannelT, EventT, StreamT
@@ -516,6 +517,8 @@ def _wire(worker: Worker) -> None:
         async for event in stream.events():
             await _guarded(worker, "segments", _on_deltas(worker, event, outputs))
 
+    app.add_dependency(_IngestJoin(worker.ingest))
+
     @app.task
     async def ingest() -> None:
         try:
@@ -575,6 +578,22 @@ def _wire(worker: Worker) -> None:
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     app.page("/metrics")(MetricsPage)
+
+
+class _IngestJoin(mode.Service):  # type: ignore[misc]
+    """Starts the ingest stage's clients when the app starts: faust starts app tasks, the
+    ingest task among them, only once the tables are restored, and the input's consumer
+    group then took another join (~5 s on the embedded broker) before the worker read."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        super().__init__()
+        self._ingest = ingest
+
+    async def on_start(self) -> None:
+        self._ingest.start_joining()
+
+    async def on_stop(self) -> None:
+        await self._ingest.stop_unless_running()
 
 
 def _requested_names(request: Request) -> list[str]:

@@ -101,6 +101,8 @@ class Ingest:
         # When the last batch was taken, if none of the polls since came back empty: the
         # records read next may have been waiting since then (see _read_batch).
         self._taken_at: float | None = None
+        self._joining: asyncio.Future[None] | None = None
+        self._running = False
 
     @property
     def watermark_ms(self) -> int | None:
@@ -170,8 +172,25 @@ class Ingest:
         await _start_with_retry(self._producer, "producer", settings.startup_timeout_seconds)
         await _start_with_retry(self._consumer, "consumer", settings.startup_timeout_seconds)
 
+    def start_joining(self) -> None:
+        """Start the clients, and with them the join of the input's consumer group, in the
+        background: called when the worker starts, the join then overlaps its tables'
+        restore instead of following it (README, "Joining the input's group early").
+        Nothing is read before `run`; records fetched meanwhile wait in the consumer."""
+        if self._joining is None:
+            self._joining = asyncio.ensure_future(self._start_clients())
+
+    async def stop_unless_running(self) -> None:
+        """Stop the clients if `run` never began (the worker stopped before its tables were
+        restored); once it has, it stops them itself when it ends."""
+        if not self._running:
+            await self.stop()
+
     async def run(self) -> None:
-        await self._start_clients()
+        self._running = True
+        self.start_joining()
+        assert self._joining is not None
+        await self._joining
         assert self._consumer is not None
         self._metrics.up.set(1)
         log.info("ingest consuming %s", self._settings.input_topic)
@@ -264,6 +283,9 @@ class Ingest:
                 self._read_to[tp] = await self._consumer.position(tp)
 
     async def stop(self) -> None:
+        if self._joining is not None:
+            self._joining.cancel()  # if the worker stops before its tables were restored
+            await asyncio.gather(self._joining, return_exceptions=True)
         for client in (self._consumer, self._producer):
             if client is not None:
                 await client.stop()

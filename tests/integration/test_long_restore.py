@@ -2,7 +2,8 @@
 
 The customers table is restored in bulk inside faust's rebalance callback, which faust
 reports as a "Task timed out" after a few seconds without cancelling it. The restore must
-run to its end once, and the worker then process exactly. (The group membership itself
+run to its end once, and the worker then process exactly. The ingest stage joins the
+input's group meanwhile and reads once the tables are restored. (The group membership itself
 is kept by faust's consumer thread, which heartbeats while the callback runs; the
 embedded broker would not expire a lone member anyway: README, Guarantees.)
 """
@@ -62,3 +63,7 @@ async def test_a_restore_longer_than_the_session_timeout_keeps_the_worker_in_its
         + slow_start[-3000:]
     )
     assert "customers: restored" in slow_start, slow_start[-3000:]
+    # the input's group joined while the tables restored, its reading begun once after
+    joined = slow_start.index(f"Joined group '{settings.app_id}-ingest'")
+    assert joined < slow_start.index("[^---Recovery]: Worker ready"), slow_start[-3000:]
+    assert slow_start.count("ingest consuming") == 1, slow_start[-3000:]
