@@ -20,7 +20,12 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
@@ -103,6 +108,8 @@ class Ingest:
         self._taken_at: float | None = None
         self._joining: asyncio.Future[None] | None = None
         self._running = False
+        # Between `start_joining` and `run`: assigned partitions are paused, not fetched.
+        self._fetching_held = False
 
     @property
     def watermark_ms(self) -> int | None:
@@ -157,7 +164,6 @@ class Ingest:
         settings = self._settings
         options = aiokafka_options(settings)
         self._consumer = AIOKafkaConsumer(
-            settings.input_topic,
             group_id=f"{settings.app_id}-ingest",
             group_instance_id=ingest_instance_id(settings),
             enable_auto_commit=False,
@@ -168,6 +174,7 @@ class Ingest:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             **options,
         )
+        self._consumer.subscribe([settings.input_topic], listener=_UnfetchedUntilRunning(self))
         self._producer = AIOKafkaProducer(linger_ms=5, max_batch_size=1 << 20, **options)
         await _start_with_retry(self._producer, "producer", settings.startup_timeout_seconds)
         await _start_with_retry(self._consumer, "consumer", settings.startup_timeout_seconds)
@@ -176,8 +183,10 @@ class Ingest:
         """Start the clients, and with them the join of the input's consumer group, in the
         background: called when the worker starts, the join then overlaps its tables'
         restore instead of following it (README, "Joining the input's group early").
-        Nothing is read before `run`; records fetched meanwhile wait in the consumer."""
+        Nothing is fetched before `run`: the partitions assigned meanwhile stay paused
+        (`_UnfetchedUntilRunning`)."""
         if self._joining is None:
+            self._fetching_held = True
             self._joining = asyncio.ensure_future(self._start_clients())
 
     async def stop_unless_running(self) -> None:
@@ -192,6 +201,9 @@ class Ingest:
         assert self._joining is not None
         await self._joining
         assert self._consumer is not None
+        if self._fetching_held:
+            self._fetching_held = False
+            self._consumer.resume(*self._consumer.paused())  # see _UnfetchedUntilRunning
         self._metrics.up.set(1)
         log.info("ingest consuming %s", self._settings.input_topic)
         watchdog = asyncio.ensure_future(self._watch())
@@ -407,6 +419,25 @@ class Ingest:
             if self._health is not None:
                 self._health.set_assignment(self._settings.input_topic, partitions, self._assigned)
             self._assigned = partitions
+
+
+class _UnfetchedUntilRunning(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Pauses the input partitions assigned between `Ingest.start_joining` and `Ingest.run`
+    (which resumes them): the consumer would otherwise fetch them as soon as they are
+    assigned, and at their end every 100 ms (`FETCH_MAX_WAIT_MS`), from the broker the
+    worker restores its tables from meanwhile, records nothing reads yet. aiokafka calls
+    this right after it sets the assignment, before its fetcher runs again."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        consumer = self._ingest._consumer
+        if self._ingest._fetching_held and consumer is not None:
+            consumer.pause(*assigned)
 
 
 async def _start_with_retry(client: Any, name: str, deadline_seconds: float) -> None:
